@@ -1,0 +1,301 @@
+"""The three Meta-rPPG networks as pure functions of explicit parameter trees.
+
+theta, the feature extractor (`extract`): five blocks conv3x3 -> batch norm -> avg-pool 2x2 ->
+ReLU per frame, channels 3 -> 32 -> 48 -> 64 -> 80 -> 120, then the spatial mean.
+phi, the rPPG estimator (`estimate`): a 2-layer bidirectional LSTM (hidden 60 a direction)
+from an explicit initial state, a linear layer 120 -> 80 and the ordinal layer (40 levels).
+psi, the synthetic gradient generator (`synthetic_gradient`): 1-D convolutions over the
+feature axis with the 60 time steps as channels.
+
+Every function is `(params, batch_stats, inputs, *, train) -> (outputs, new_batch_stats)` (phi
+has no batch statistics). Nothing is hidden or stateful; randomness only enters `init`.
+
+Parameter layouts (JAX; `checkpoints.py` converts to and from the original's PyTorch layouts):
+  theta: convK {kernel f32[3, 3, in, out] (HWIO), bias f32[out]}, bnK {scale, bias f32[ch]}
+  phi:   lstm {l0, l0_reverse, l1, l1_reverse} each {w_ih f32[in, 240], w_hh f32[60, 240],
+         b_ih f32[240], b_hh f32[240]}, gates ordered (input, forget, cell, output) as PyTorch;
+         fc {kernel f32[120, 80], bias f32[80]}
+  psi:   layer1, layer2, layer3, layer4 {kernel f32[3, in, out], bias f32[out]}; layer3 and
+         layer4 are PyTorch ConvTranspose1d (stride 1, padding 1), stored as the equivalent
+         plain convolution (kernel flipped, in/out swapped); bn1, bn2, bn3 {scale, bias}
+  batch stats: bnK {mean f32[ch], var f32[ch], count i32[]} for theta and psi.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+EXTRACTOR_CHANNELS = (3, 32, 48, 64, 80, 120)
+FEATURES = 120
+HIDDEN = 60
+NUM_LEVELS = 40
+WINDOW = 60          # psi's channels: the time steps of one window
+PSI_CHANNELS = (60, 40, 20, 40, 60)
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+INIT_STD = 0.02
+LSTM_LAYERS = ("l0", "l0_reverse", "l1", "l1_reverse")
+ORDINAL_HEADS = ("sound", "reference")
+
+
+class EstimatorOutput(NamedTuple):
+  """What phi returns for one batch of feature sequences.
+
+  lstm_out: f32[N, T, 120]; fc_out: f32[N, T, 80] (the ordinal logits, pairs (2k, 2k+1));
+  prob: f32[N, T, 40], probability that the signal is above level k;
+  decision: i32[N, T] in 0..40, the number of levels with prob > 0.5.
+  """
+  lstm_out: jax.Array
+  fc_out: jax.Array
+  prob: jax.Array
+  decision: jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation: the original's effective init (MODEL_SPEC "Init as it really happens").
+# --------------------------------------------------------------------------------------------
+
+def _uniform(key, shape, bound, dtype):
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def init_theta(key: jax.Array, dtype=jnp.float32) -> tuple[PyTree, PyTree]:
+  """Extractor parameters and batch statistics: conv weights N(0, 0.02), conv biases
+  U(+-1/sqrt(9 in)), batch norm scale 1, bias 0, running mean 0, var 1."""
+  params, stats = {}, {}
+  keys = jax.random.split(key, 2 * (len(EXTRACTOR_CHANNELS) - 1))
+  for k, (cin, cout) in enumerate(zip(EXTRACTOR_CHANNELS[:-1], EXTRACTOR_CHANNELS[1:])):
+    params[f"conv{k + 1}"] = {
+        "kernel": INIT_STD * jax.random.normal(keys[2 * k], (3, 3, cin, cout), dtype),
+        "bias": _uniform(keys[2 * k + 1], (cout,), 1.0 / np.sqrt(cin * 9), dtype),
+    }
+    params[f"bn{k + 1}"] = {"scale": jnp.ones((cout,), dtype), "bias": jnp.zeros((cout,), dtype)}
+    stats[f"bn{k + 1}"] = _init_bn_stats(cout, dtype)
+  return params, stats
+
+
+def init_phi(key: jax.Array, dtype=jnp.float32) -> PyTree:
+  """Estimator parameters: LSTM weights and biases U(+-1/sqrt(60)), fc weight N(0, 0.02),
+  fc bias U(+-1/sqrt(120))."""
+  keys = jax.random.split(key, 4 * len(LSTM_LAYERS) + 2)
+  bound = 1.0 / np.sqrt(HIDDEN)
+  lstm = {}
+  for i, name in enumerate(LSTM_LAYERS):
+    k = keys[4 * i: 4 * i + 4]
+    fan = FEATURES if name.startswith("l0") else 2 * HIDDEN
+    lstm[name] = {
+        "w_ih": _uniform(k[0], (fan, 4 * HIDDEN), bound, dtype),
+        "w_hh": _uniform(k[1], (HIDDEN, 4 * HIDDEN), bound, dtype),
+        "b_ih": _uniform(k[2], (4 * HIDDEN,), bound, dtype),
+        "b_hh": _uniform(k[3], (4 * HIDDEN,), bound, dtype),
+    }
+  fc = {
+      "kernel": INIT_STD * jax.random.normal(keys[-2], (2 * HIDDEN, 2 * NUM_LEVELS), dtype),
+      "bias": _uniform(keys[-1], (2 * NUM_LEVELS,), 1.0 / np.sqrt(2 * HIDDEN), dtype),
+  }
+  return {"lstm": lstm, "fc": fc}
+
+
+def init_psi(key: jax.Array, dtype=jnp.float32) -> tuple[PyTree, PyTree]:
+  """Synthetic gradient generator parameters and batch statistics. Bias bounds follow
+  PyTorch's fan-in: in*3 for Conv1d, out*3 for ConvTranspose1d (its weight's dim 1)."""
+  keys = jax.random.split(key, 8)
+  params, stats = {}, {}
+  for k, (cin, cout) in enumerate(zip(PSI_CHANNELS[:-1], PSI_CHANNELS[1:])):
+    transposed = k >= 2
+    fan_in = (cout if transposed else cin) * 3
+    params[f"layer{k + 1}"] = {
+        "kernel": INIT_STD * jax.random.normal(keys[2 * k], (3, cin, cout), dtype),
+        "bias": _uniform(keys[2 * k + 1], (cout,), 1.0 / np.sqrt(fan_in), dtype),
+    }
+    if k < 3:
+      params[f"bn{k + 1}"] = {"scale": jnp.ones((cout,), dtype),
+                              "bias": jnp.zeros((cout,), dtype)}
+      stats[f"bn{k + 1}"] = _init_bn_stats(cout, dtype)
+  return params, stats
+
+
+def _init_bn_stats(ch, dtype):
+  return {"mean": jnp.zeros((ch,), dtype), "var": jnp.ones((ch,), dtype),
+          "count": jnp.zeros((), jnp.int32)}
+
+
+def init(key: jax.Array, dtype=jnp.float32) -> tuple[PyTree, PyTree]:
+  """All three networks: `params {theta, phi, psi}`, `batch_stats {theta, psi}`."""
+  k_theta, k_phi, k_psi = jax.random.split(key, 3)
+  theta, theta_stats = init_theta(k_theta, dtype)
+  psi, psi_stats = init_psi(k_psi, dtype)
+  return ({"theta": theta, "phi": init_phi(k_phi, dtype), "psi": psi},
+          {"theta": theta_stats, "psi": psi_stats})
+
+
+def zero_lstm_state(batch: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+  """(h, c), each f32[4, batch, 60]: layer 0 fwd, layer 0 bwd, layer 1 fwd, layer 1 bwd."""
+  z = jnp.zeros((2 * 2, batch, HIDDEN), dtype)
+  return z, z
+
+
+# --------------------------------------------------------------------------------------------
+# Batch norm with PyTorch's semantics.
+# --------------------------------------------------------------------------------------------
+
+def batch_norm(params: PyTree, stats: PyTree, x: jax.Array, axes: tuple[int, ...], *,
+               train: bool) -> tuple[jax.Array, PyTree]:
+  """PyTorch BatchNorm over `axes` (every axis but the channel, which is last).
+
+  train: normalise with the batch mean and the biased variance, computed centred (two
+  passes: `E[x^2] - E[x]^2` loses float32 accuracy over large channels), and update
+  `running = 0.9 running + 0.1 batch` with the unbiased variance and `count += 1`.
+  eval: normalise with the running statistics; `stats` is returned unchanged.
+  """
+  if train:
+    mean = jnp.mean(x, axis=axes)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=axes)
+    n = np.prod([x.shape[a] for a in axes])
+    new_stats = {
+        "mean": (1 - BN_MOMENTUM) * stats["mean"] + BN_MOMENTUM * jax.lax.stop_gradient(mean),
+        "var": (1 - BN_MOMENTUM) * stats["var"]
+               + BN_MOMENTUM * jax.lax.stop_gradient(var) * (n / max(n - 1, 1)),
+        "count": stats["count"] + 1,
+    }
+    y = centred * jax.lax.rsqrt(var + BN_EPS)
+  else:
+    new_stats = stats
+    y = (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + BN_EPS)
+  return y * params["scale"] + params["bias"], new_stats
+
+
+# --------------------------------------------------------------------------------------------
+# theta: the feature extractor.
+# --------------------------------------------------------------------------------------------
+
+def _avg_pool2(x):
+  """2x2 average pool, stride 2, floor on odd sizes (PyTorch's default), NHWC."""
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def extract(theta: PyTree, stats: PyTree, x: jax.Array, *, train: bool = True
+            ) -> tuple[jax.Array, PyTree]:
+  """Features of every frame: f32[N, T, H, W, 3] -> z f32[N, T, 120]; H, W >= 32.
+
+  Time never mixes: batch and time are folded into one conv batch axis.
+  """
+  n, t = x.shape[:2]
+  h = x.reshape((n * t,) + x.shape[2:])
+  new_stats = {}
+  for k in range(1, len(EXTRACTOR_CHANNELS)):
+    conv = theta[f"conv{k}"]
+    h = jax.lax.conv_general_dilated(
+        h, conv["kernel"].astype(h.dtype), (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv["bias"]
+    h, new_stats[f"bn{k}"] = batch_norm(theta[f"bn{k}"], stats[f"bn{k}"], h, (0, 1, 2),
+                                        train=train)
+    h = jax.nn.relu(_avg_pool2(h))
+  z = h.mean(axis=(1, 2))
+  return z.reshape(n, t, -1), new_stats
+
+
+# --------------------------------------------------------------------------------------------
+# phi: the rPPG estimator.
+# --------------------------------------------------------------------------------------------
+
+def _bilstm_layer(fwd: PyTree, bwd: PyTree, x: jax.Array, h0: jax.Array, c0: jax.Array):
+  """One bidirectional LSTM layer, both directions in one scan.
+
+  x f32[N, T, in]; h0, c0 f32[2, N, 60] (fwd, bwd) -> out f32[N, T, 120], (h, c) f32[2, N, 60].
+  """
+  # Input projections for all steps at once; the backward direction reads time reversed.
+  gx = jnp.stack([x @ fwd["w_ih"] + fwd["b_ih"] + fwd["b_hh"],
+                  jnp.flip(x, 1) @ bwd["w_ih"] + bwd["b_ih"] + bwd["b_hh"]])  # [2, N, T, 240]
+  gx = jnp.moveaxis(gx, 2, 0)  # [T, 2, N, 240]
+  w_hh = jnp.stack([fwd["w_hh"], bwd["w_hh"]])  # [2, 60, 240]
+
+  def step(carry, g):
+    h, c = carry
+    g = g + jnp.einsum("dnh,dhg->dng", h, w_hh)
+    i, f, gg, o = jnp.split(g, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+  (h, c), hs = jax.lax.scan(step, (h0, c0), gx)  # hs [T, 2, N, 60]
+  out = jnp.concatenate([hs[:, 0], jnp.flip(hs[:, 1], 0)], axis=-1)  # [T, N, 120]
+  return jnp.moveaxis(out, 0, 1), (h, c)
+
+
+def lstm(phi_lstm: PyTree, z: jax.Array, state: tuple[jax.Array, jax.Array]
+         ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """2-layer BiLSTM, batch first: z f32[N, T, 120], (h, c) f32[4, N, 60] -> out f32[N, T, 120],
+  final (h, c) f32[4, N, 60] in PyTorch's order."""
+  h0, c0 = state
+  out, (h_a, c_a) = _bilstm_layer(phi_lstm["l0"], phi_lstm["l0_reverse"], z, h0[:2], c0[:2])
+  out, (h_b, c_b) = _bilstm_layer(phi_lstm["l1"], phi_lstm["l1_reverse"], out, h0[2:], c0[2:])
+  return out, (jnp.concatenate([h_a, h_b]), jnp.concatenate([c_a, c_b]))
+
+
+def ordinal_logits(fc_out: jax.Array, head: str) -> tuple[jax.Array, jax.Array]:
+  """The pairs (a_k, b_k) = (fc_out[..., 2k], fc_out[..., 2k+1]) as two f32[..., 40];
+  `reference` clamps both to [1e-8, 1e8] as the original does (zero gradient below)."""
+  a, b = fc_out[..., 0::2], fc_out[..., 1::2]
+  if head == "reference":
+    a, b = jnp.clip(a, 1e-8, 1e8), jnp.clip(b, 1e-8, 1e8)
+  elif head != "sound":
+    raise ValueError(f"ordinal head must be one of {ORDINAL_HEADS}, got {head!r}")
+  return a, b
+
+
+def ordinal_layer(fc_out: jax.Array, head: str = "sound") -> tuple[jax.Array, jax.Array]:
+  """f32[N, T, 80] -> prob f32[N, T, 40] (p_k = softmax(a_k, b_k)[1]), decision i32[N, T]."""
+  a, b = ordinal_logits(fc_out, head)
+  if head == "reference":
+    prob = jax.nn.softmax(jnp.stack([a, b]), axis=0)[1]  # the original's op, for bit parity
+  else:
+    prob = jax.nn.sigmoid(b - a)
+  decision = jnp.sum(prob > 0.5, axis=-1).astype(jnp.int32)
+  return prob, decision
+
+
+def estimate(phi: PyTree, z: jax.Array, state: tuple[jax.Array, jax.Array], *,
+             head: str = "sound") -> tuple[EstimatorOutput, tuple[jax.Array, jax.Array]]:
+  """rPPG estimator: z f32[N, T, 120], (h, c) f32[4, N, 60] -> outputs, final (h, c)."""
+  lstm_out, final = lstm(phi["lstm"], z, state)
+  fc_out = lstm_out @ phi["fc"]["kernel"] + phi["fc"]["bias"]
+  prob, decision = ordinal_layer(fc_out, head)
+  return EstimatorOutput(lstm_out, fc_out, prob, decision), final
+
+
+# --------------------------------------------------------------------------------------------
+# psi: the synthetic gradient generator.
+# --------------------------------------------------------------------------------------------
+
+def _conv1d(params, x):
+  """x f32[N, D, C_in] (channels last over the feature axis D), kernel [3, in, out], pad 1."""
+  return jax.lax.conv_general_dilated(
+      x, params["kernel"].astype(x.dtype), (1,), ((1, 1),),
+      dimension_numbers=("NWC", "WIO", "NWC")) + params["bias"]
+
+
+def synthetic_gradient(psi: PyTree, stats: PyTree, inp: jax.Array, *, train: bool = True
+                       ) -> tuple[jax.Array, PyTree]:
+  """psi: f32[N, 60, D] (time steps as channels, D = 120 features or 40 probabilities) ->
+  the synthetic gradient f32[N, 60, D]; batch norm over (N, D) per channel."""
+  x = jnp.swapaxes(inp, 1, 2)  # [N, D, 60]
+  new_stats = {}
+
+  def block(k, x):
+    y = _conv1d(psi[f"layer{k}"], x)
+    y, new_stats[f"bn{k}"] = batch_norm(psi[f"bn{k}"], stats[f"bn{k}"], y, (0, 1), train=train)
+    return jax.nn.relu(y)
+
+  r1 = block(1, x)
+  r2 = block(2, r1)
+  r3 = block(3, r2) + r1
+  out = _conv1d(psi["layer4"], r3)
+  return jnp.swapaxes(out, 1, 2), new_stats
