@@ -1,0 +1,127 @@
+"""Heart-rate error metrics, per window and per video, with standard errors.
+
+One implementation for every method (Meta-rPPG, no adaptation, the classical baselines).
+Inputs are heart rates in bpm from `heart_rate.hr_estimate` (or `hr_reference`) and the ground
+truth's heart rate on the same windows.
+
+Standard errors (all closed form, so the numbers are reproducible without a seed):
+- `mae_se`, `mape_se`: the standard error of a mean, `std(x, ddof=1) / sqrt(K)`.
+- `rmse_se`: delta method, `se(MSE) / (2 RMSE)` with `se(MSE) = std(e^2, ddof=1) / sqrt(K)`
+  (0 when every error is 0).
+- `pearson_se`: `sqrt((1 - r^2) / (K - 2))`.
+They treat windows as independent; overlapping windows of one video are not, so per-window
+standard errors are optimistic: the per-video metrics are the honest ones.
+
+Degenerate cases are NaN, never an exception: standard errors need K >= 2, Pearson r and its
+standard error K >= 3 and neither input constant; with K = 0 every metric is NaN.
+Pairs where either heart rate is NaN/inf (a flat or broken window: see `heart_rate`) are left
+out and counted in `num_invalid`; `num_windows` counts the pairs used.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+from metarppg_jax import errors
+
+METRIC_KEYS = ("mae", "mae_se", "rmse", "rmse_se", "mape", "mape_se", "pearson", "pearson_se",
+               "num_windows", "num_invalid")
+
+
+def _mean_and_se(x: np.ndarray) -> tuple[float, float]:
+  k = x.size
+  if k == 0:
+    return float("nan"), float("nan")
+  se = float(np.std(x, ddof=1) / np.sqrt(k)) if k >= 2 else float("nan")
+  return float(np.mean(x)), se
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+  if x.size < 3:
+    return float("nan")
+  dx, dy = x - x.mean(), y - y.mean()
+  norm = np.sqrt(np.sum(dx * dx) * np.sum(dy * dy))
+  if not norm > 0:                               # a constant input: r is undefined
+    return float("nan")
+  return float(np.clip(np.sum(dx * dy) / norm, -1.0, 1.0))
+
+
+def _pairs(pred_bpm, true_bpm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  pred = np.asarray(pred_bpm, dtype=np.float64)
+  true = np.asarray(true_bpm, dtype=np.float64)
+  if pred.ndim != 1 or pred.shape != true.shape:
+    raise errors.DataError(
+        f"predicted and true heart rates must be 1-D of the same length; got shapes "
+        f"{pred.shape} and {true.shape}")
+  valid = np.isfinite(pred) & np.isfinite(true)
+  if np.any(true[valid] <= 0):
+    raise errors.DataError(
+        f"true heart rate must be > 0 bpm; got {true[valid][true[valid] <= 0][:5]} at windows "
+        f"{np.flatnonzero(valid & (true <= 0))[:5]}")
+  return pred, true, valid
+
+
+def hr_metrics(pred_bpm, true_bpm) -> dict[str, float | int]:
+  """MAE, RMSE (bpm), MAPE (%), Pearson r, their standard errors and counts.
+
+  Args:
+    pred_bpm: f[K] predicted heart rates.
+    true_bpm: f[K] ground-truth heart rates (> 0 where finite).
+
+  Returns:
+    {key: value} with the keys of `METRIC_KEYS` (floats; counts as ints); see the module
+    docstring for the standard errors and the NaN cases.
+  """
+  pred, true, valid = _pairs(pred_bpm, true_bpm)
+  p, t = pred[valid], true[valid]
+  err = p - t
+  mae, mae_se = _mean_and_se(np.abs(err))
+  mse, mse_se = _mean_and_se(err * err)
+  rmse = float(np.sqrt(mse))
+  # Delta method; a perfect prediction (RMSE 0, so se(MSE) 0 too) has standard error 0.
+  rmse_se = mse_se / (2 * rmse) if rmse > 0 else (0.0 if np.isfinite(mse_se) else mse_se)
+  mape, mape_se = _mean_and_se(100.0 * np.abs(err) / t)
+  r = _pearson(p, t)
+  r_se = float(np.sqrt((1 - r * r) / (p.size - 2))) if np.isfinite(r) else float("nan")
+  return {
+      "mae": mae, "mae_se": mae_se, "rmse": rmse, "rmse_se": float(rmse_se),
+      "mape": mape, "mape_se": mape_se, "pearson": r, "pearson_se": r_se,
+      "num_windows": int(p.size), "num_invalid": int(pred.size - p.size),
+  }
+
+
+def per_video(pred_bpm, true_bpm, video_ids: Sequence) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+  """Mean heart rate per video, over the windows valid for both (finite pred and truth).
+
+  Args:
+    pred_bpm, true_bpm: f[K] per-window heart rates.
+    video_ids: [K] any hashable/sortable labels (ints or strings), the video of each window.
+
+  Returns:
+    (pred f64[V], true f64[V], videos [V]) in sorted order of the ids; a video without a valid
+    window gets NaN (and is counted invalid by `hr_metrics`).
+  """
+  pred, true, valid = _pairs(pred_bpm, true_bpm)
+  ids = np.asarray(video_ids)
+  if ids.shape != pred.shape:
+    raise errors.DataError(f"video_ids has shape {ids.shape}; expected {pred.shape}")
+  videos, inverse = np.unique(ids, return_inverse=True)
+  count = np.bincount(inverse, weights=valid.astype(np.float64), minlength=videos.size)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = lambda x: np.bincount(inverse, weights=np.where(valid, x, 0.0),
+                                 minlength=videos.size) / count
+    return mean(pred), mean(true), videos
+
+
+def video_metrics(pred_bpm, true_bpm, video_ids: Sequence) -> dict[str, float | int]:
+  """`hr_metrics` of the per-video mean heart rates (`per_video`).
+
+  The same keys, except that `num_windows` / `num_invalid` become `num_videos` /
+  `num_invalid_videos` (videos with no valid window).
+  """
+  pred, true, _ = per_video(pred_bpm, true_bpm, video_ids)
+  out = hr_metrics(pred, true)
+  out["num_videos"] = out.pop("num_windows")
+  out["num_invalid_videos"] = out.pop("num_invalid")
+  return out
