@@ -231,6 +231,8 @@ def read_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if os.path.getsize(path) == 0:
     raise CheckpointError(f"{path}: the checkpoint file is empty")
   if path.endswith(".npz"):
+    if not zipfile.is_zipfile(path):
+      raise CheckpointError(f"{path}: not a readable .npz file (not a zip archive)")
     try:
       with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
