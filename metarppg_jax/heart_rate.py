@@ -55,7 +55,7 @@ def _check_fps(fps: float) -> float:
   return fps
 
 
-def _check_band(band: Sequence[float], fps: float) -> tuple[float, float]:
+def check_band(band: Sequence[float], fps: float) -> tuple[float, float]:
   """The band (Hz), its top clipped to the Nyquist frequency."""
   lo, hi = float(band[0]), float(band[1])
   nyquist = fps / 2
@@ -172,7 +172,7 @@ def hr_estimate(sig, fps: float, *, band: Sequence[float] = HR_BAND_HZ, method: 
   method="welch" on signals much longer than `segment_s` seconds.
   """
   fps = _check_fps(fps)
-  band = _check_band(band, fps)
+  band = check_band(band, fps)
   freqs, power = power_spectrum(sig, fps, method=method, pad_to=pad_to, segment_s=segment_s)
   return 60.0 * _band_peak(freqs, power, band)
 
@@ -188,7 +188,7 @@ def snr(sig, fps: float, hr_bpm, *, band: Sequence[float] = HR_BAND_HZ, tol_bpm:
   NaN where the HR is NaN or the band holds no power; +inf where all of it is at the HR.
   """
   fps = _check_fps(fps)
-  band = _check_band(band, fps)
+  band = check_band(band, fps)
   freqs, power = power_spectrum(sig, fps, method=method, pad_to=pad_to)
   hr_hz = np.asarray(hr_bpm, dtype=np.float64)[..., None] / 60.0
   tol_hz = tol_bpm / 60.0
