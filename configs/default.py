@@ -33,6 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.meta.supervised_adapt_step = False  # the original's undocumented theta step
   config.meta.carry_lstm_state = False     # the original carries (h, c) across calls
   config.meta.proto_momentum = 0.8
+  config.meta.test_in_step = False         # the original's transductive test inside each step
+  config.meta.psi_in_prototype_update = False  # the original runs psi there (moves its stats)
+  config.meta.mask_invalid_windows = True  # flat-PPG windows (valid=False) out of the loss
+  config.meta.lstm_state_rule = "mean"     # mean | given: estimator's initial (h, c), meta.py
 
   # --- optimisation ------------------------------------------------------------------------
   config.optim = ml_collections.ConfigDict()
