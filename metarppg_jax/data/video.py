@@ -1,0 +1,276 @@
+"""Reading and writing videos: frames as uint8 RGB with real per-frame timestamps.
+
+`read_video` decodes any container/codec/pixel format FFmpeg knows (through PyAV) to
+`uint8[T, H, W, 3]` RGB; grey, 10-bit and YUV formats are converted by FFmpeg's swscale. Frame
+times come from the presentation timestamps, so variable-frame-rate videos keep their real
+timing (`preprocess.resample_video` makes them constant). OpenCV is not used as a fallback
+for videos: it wraps the same FFmpeg demuxers (so it opens nothing PyAV cannot) and it gives no
+reliable per-frame timestamps.
+
+Damage policy: a file that cannot be opened, has no video stream or yields no frame raises
+`DataError`. A stream that breaks after some frames decoded (a truncated download, a corrupt
+packet) returns the frames decoded before the damage and says so in `Video.warnings`; callers
+(the dataset builders) decide whether a shortened video is usable, e.g. by checking it against
+the ground-truth length, and report it. Nothing is dropped silently.
+
+`read_image_sequence` reads per-frame image files (PURE's PNGs). `write_video` writes frames
+with a chosen codec (lossless `ffv1`/`rawvideo`, lossy `mjpeg`/`h264`); the synthetic generator
+and the tests use it.
+"""
+
+from collections.abc import Sequence
+import fractions
+import os
+import pathlib
+from typing import NamedTuple
+
+import av
+import cv2
+import numpy as np
+
+from metarppg_jax.errors import DataError
+
+PathLike = str | os.PathLike
+
+
+class Video(NamedTuple):
+  """A decoded video.
+
+  frames: uint8[T, H, W, 3] RGB.
+  timestamps: f64[T] seconds from the first frame (0 first, strictly increasing).
+  fps: nominal frame rate from the container, or 1 / median frame interval when the container
+    has none.
+  warnings: problems that did not stop decoding (e.g. a truncated stream), one sentence each.
+  """
+  frames: np.ndarray
+  timestamps: np.ndarray
+  fps: float
+  warnings: tuple[str, ...] = ()
+
+
+def _check_file(path: pathlib.Path) -> None:
+  if not path.exists():
+    raise DataError(f"{path}: file not found")
+  if path.is_dir():
+    raise DataError(f"{path}: is a directory, expected a video file")
+  if path.stat().st_size == 0:
+    raise DataError(f"{path}: file is empty (0 bytes)")
+
+
+class _FrameBuffer:
+  """Growable uint8[T, H, W, 3] buffer: one allocation when the frame count is known."""
+
+  def __init__(self, capacity: int):
+    self._capacity = max(int(capacity), 1)
+    self._array = None
+    self.count = 0
+
+  def append(self, frame: np.ndarray) -> None:
+    if self._array is None:
+      self._array = np.empty((self._capacity,) + frame.shape, np.uint8)
+    elif frame.shape != self._array.shape[1:]:
+      raise ValueError(
+          f"frame {self.count} has shape {frame.shape}, earlier frames {self._array.shape[1:]}")
+    if self.count == self._array.shape[0]:
+      grown = np.empty((2 * self.count,) + frame.shape, np.uint8)
+      grown[:self.count] = self._array
+      self._array = grown
+    self._array[self.count] = frame
+    self.count += 1
+
+  def result(self) -> np.ndarray:
+    if self._array is None:
+      return np.zeros((0, 0, 0, 3), np.uint8)
+    if self.count == self._array.shape[0]:
+      return self._array
+    return self._array[:self.count].copy()
+
+
+def read_video(path: PathLike, *, max_frames: int | None = None) -> Video:
+  """Decodes a video file to RGB frames with timestamps from the stream's pts.
+
+  Args:
+    path: the video file.
+    max_frames: decode at most this many frames from the start (memory bound for long or
+      huge videos); None decodes all.
+
+  Returns:
+    `Video(frames uint8[T, H, W, 3], timestamps f64[T], fps, warnings)`.
+
+  Raises:
+    DataError: missing/empty file, not a video, no video stream, no decodable frame, or
+      timestamps that cannot be made increasing. The message names the file.
+  """
+  path = pathlib.Path(path)
+  _check_file(path)
+  if max_frames is not None and max_frames < 1:
+    raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+  try:
+    container = av.open(str(path), mode="r")
+  except (av.error.FFmpegError, UnicodeDecodeError, OSError) as e:
+    raise DataError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
+  warnings = []
+  with container:
+    if not container.streams.video:
+      raise DataError(f"{path}: the file has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    declared = stream.frames or 0
+    capacity = declared if declared > 0 else 256
+    if max_frames is not None:
+      capacity = min(capacity, max_frames)
+    buffer = _FrameBuffer(capacity)
+    pts = []
+    time_base = stream.time_base
+    try:
+      for frame in container.decode(stream):
+        buffer.append(frame.to_ndarray(format="rgb24"))
+        pts.append(frame.pts)
+        if max_frames is not None and buffer.count >= max_frames:
+          break
+    except (av.error.FFmpegError, ValueError) as e:
+      if buffer.count == 0:
+        raise DataError(f"{path}: no frame could be decoded ({type(e).__name__}: {e})") from e
+      warnings.append(f"{path}: decoding stopped after {buffer.count} frames: "
+                      f"{type(e).__name__}: {e}")
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+  frames = buffer.result()
+  n = frames.shape[0]
+  if n == 0:
+    raise DataError(f"{path}: the video stream has no decodable frame")
+  if declared > 0 and n < declared and (max_frames is None or n < max_frames):
+    warnings.append(f"{path}: the container declares {declared} frames but only {n} decoded "
+                    "(truncated or corrupt file)")
+  nominal = float(rate) if rate else 0.0
+  timestamps = _timestamps(path, pts, time_base, nominal, warnings)
+  if nominal <= 0:
+    if n < 2:
+      raise DataError(f"{path}: one frame and no frame rate in the container")
+    nominal = float(1.0 / np.median(np.diff(timestamps)))
+  return Video(frames, timestamps, nominal, tuple(warnings))
+
+
+def _timestamps(path, pts, time_base, fps, warnings) -> np.ndarray:
+  """f64[T] seconds from the first frame; i / fps where the stream has no usable pts."""
+  n = len(pts)
+  if n and all(p is not None for p in pts) and time_base:
+    t = np.asarray(pts, np.float64) * float(time_base)
+    t -= t[0]
+    if n == 1 or np.all(np.diff(t) > 0):
+      return t
+    warnings.append(f"{path}: frame timestamps are not increasing; using frame index / "
+                    f"{fps:g} fps")
+  elif n > 1:
+    warnings.append(f"{path}: frames carry no timestamps; using frame index / {fps:g} fps")
+  if fps <= 0:
+    if n == 1:
+      return np.zeros(1)
+    raise DataError(f"{path}: neither usable timestamps nor a frame rate in the container")
+  return np.arange(n, dtype=np.float64) / fps
+
+
+def read_image_sequence(paths: Sequence[PathLike], timestamps: np.ndarray | None = None, *,
+                        fps: float | None = None) -> Video:
+  """Reads per-frame images (e.g. PURE's PNGs) into a `Video`.
+
+  Args:
+    paths: the image files in frame order.
+    timestamps: f[T] frame times in any unit of seconds (shifted to start at 0), or None to
+      use `i / fps`.
+    fps: the frame rate when `timestamps` is None (required then); with timestamps, None
+      derives it as 1 / median interval.
+
+  Raises:
+    DataError: no paths, an unreadable image, images of different sizes, timestamps of the
+      wrong length, non-finite or not increasing.
+  """
+  paths = [pathlib.Path(p) for p in paths]
+  if not paths:
+    raise DataError("read_image_sequence: no image files given")
+  n = len(paths)
+  if timestamps is None:
+    if fps is None or fps <= 0:
+      raise DataError(f"{paths[0].parent}: image sequence without timestamps needs fps > 0")
+    t = np.arange(n, dtype=np.float64) / fps
+  else:
+    t = np.asarray(timestamps, np.float64)
+    if t.shape != (n,):
+      raise DataError(f"{paths[0].parent}: {n} images but timestamps of shape {t.shape}")
+    if not np.all(np.isfinite(t)):
+      raise DataError(f"{paths[0].parent}: timestamps contain non-finite values")
+    t = t - t[0]
+    if n > 1 and not np.all(np.diff(t) > 0):
+      raise DataError(f"{paths[0].parent}: timestamps are not strictly increasing")
+    if fps is None:
+      fps = float(1.0 / np.median(np.diff(t))) if n > 1 else 0.0
+  frames = None
+  for i, p in enumerate(paths):
+    image = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.is_file() else None
+    if image is None:
+      raise DataError(f"{p}: missing or not a readable image")
+    if frames is None:
+      frames = np.empty((n,) + image.shape, np.uint8)
+    elif image.shape != frames.shape[1:]:
+      raise DataError(f"{p}: image size {image.shape[:2]} differs from the first frame's "
+                      f"{frames.shape[1:3]}")
+    cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=frames[i])
+  return Video(frames, t, float(fps))
+
+
+_CONTAINER_PIX_FMT = {"ffv1": "bgr0", "rawvideo": "bgr24", "mjpeg": "yuvj444p",
+                      "h264": "yuv420p", "libx264": "yuv420p", "mpeg4": "yuv420p"}
+
+
+def write_video(path: PathLike, frames: np.ndarray, fps: float, *, codec: str = "ffv1",
+                quality: int | None = None, pix_fmt: str | None = None,
+                timestamps: np.ndarray | None = None) -> None:
+  """Writes uint8[T, H, W, 3] RGB frames to a video file with PyAV.
+
+  Args:
+    path: output file; the container follows the extension (.avi, .mkv, .mp4, ...).
+    frames: uint8[T, H, W, 3] RGB (or uint8[T, H, W] grey).
+    fps: nominal frame rate.
+    codec: "ffv1" (lossless, exact RGB), "rawvideo" (uncompressed BGR, as UBFC's AVIs),
+      "mjpeg" (lossy, per-frame JPEG) or "h264" (lossy; needs even H and W with yuv420p).
+    quality: codec quality: mjpeg qscale 2 (best) .. 31, h264 CRF 0 .. 51; None: default.
+    pix_fmt: stored pixel format (e.g. "gray", "yuv420p10le"); None: the codec's default here.
+    timestamps: f[T] seconds, strictly increasing, for variable-frame-rate files; None:
+      frame i at i / fps.
+  """
+  frames = np.asarray(frames)
+  if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or (
+      frames.ndim == 4 and frames.shape[-1] != 3):
+    raise ValueError(f"frames must be uint8[T, H, W, 3] or [T, H, W], got {frames.dtype} "
+                     f"{frames.shape}")
+  if frames.ndim == 3:
+    frames = np.repeat(frames[..., None], 3, axis=-1)
+  _, height, width, _ = frames.shape
+  rate = fractions.Fraction(fps).limit_denominator(1001)
+  with av.open(str(path), mode="w") as container:
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = pix_fmt or _CONTAINER_PIX_FMT.get(codec, "yuv420p")
+    options = {}
+    if quality is not None:
+      if codec == "mjpeg":
+        stream.codec_context.flags |= av.codec.context.Flags.qscale
+        stream.codec_context.global_quality = int(quality) * 118  # FF_QP2LAMBDA
+        options["qmin"] = options["qmax"] = str(int(quality))
+      elif codec in ("h264", "libx264"):
+        options["crf"] = str(int(quality))
+    stream.options = options
+    if timestamps is not None:
+      t = np.asarray(timestamps, np.float64)
+      if t.shape != (frames.shape[0],) or not np.all(np.diff(t) > 0):
+        raise ValueError("timestamps must be f[T], strictly increasing")
+      stream.codec_context.time_base = fractions.Fraction(1, 1000)
+      pts = np.round((t - t[0]) * 1000).astype(np.int64)
+    for i, image in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+      if timestamps is not None:
+        frame.pts = int(pts[i])
+        frame.time_base = fractions.Fraction(1, 1000)
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
