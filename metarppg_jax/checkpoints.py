@@ -61,14 +61,14 @@ def checkpoint_dir(workdir: str | os.PathLike, which: str = LATEST) -> pathlib.P
 
 def _manager(directory: pathlib.Path, *, max_to_keep: int, async_save: bool, best: bool,
              read_only: bool = False) -> ocp.CheckpointManager:
+  # A reader keeps everything (nothing to delete) and creates nothing.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
+      max_to_keep=None if read_only else max_to_keep,
       enable_async_checkpointing=async_save,
       best_fn=(lambda m: m["val_mae"]) if best else None,
       best_mode="min",
       keep_checkpoints_without_metrics=False,
       create=not read_only,
-      read_only=read_only,
   )
   handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
               "info": ocp.JsonCheckpointHandler()}
@@ -190,9 +190,10 @@ def _restore_step(mgr: ocp.CheckpointManager, step: int, target: PyTree) -> Rest
     meta = mgr.item_metadata(step)
     saved_meta = meta["state"] if meta is not None else None
   except Exception as e:  # pylint: disable=broad-except  (metadata unreadable: corrupt)
-    raise _Corrupt(f"{directory}: cannot read the checkpoint's metadata ({_brief(e)})") from e
+    raise _Corrupt(f"{directory}: checkpoint is corrupt or truncated: its metadata cannot be "
+                   f"read ({_brief(e)})") from e
   if saved_meta is None:
-    raise _Corrupt(f"{directory}: the checkpoint has no readable state metadata")
+    raise _Corrupt(f"{directory}: checkpoint is corrupt or truncated: no state metadata")
   saved_meta = getattr(saved_meta, "tree", saved_meta)
   _check_fits(saved_meta, tree, str(directory))
   try:

@@ -233,11 +233,13 @@ def from_file(path: str | os.PathLike, overrides: Mapping[str, Any] | None = Non
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"{path}: a config file must define get_config()")
+    config = module.get_config()
+  except ConfigError:
+    raise
   except Exception as e:  # a config file is user code: report where it failed
     raise ConfigError(f"{path}: could not load the config file: {type(e).__name__}: {e}") from e
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"{path}: a config file must define get_config()")
-  config = module.get_config()
   apply_overrides(config, overrides or {})
   return validate(config)
 
