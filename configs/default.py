@@ -67,9 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- evaluation ----------------------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
-  config.eval.hr_window_s = 10.0
+  config.eval.hr_window_s = 10.0           # HR per window of this length (30 s: long videos)
+  config.eval.hr_stride_s = 2.0            # between HR windows (overlapping when < window)
   config.eval.hr_estimator = "sound"       # sound | reference (the original get_bpm)
-  config.eval.queries = 3                  # query windows per video after the support
+  config.eval.queries = 9                  # query windows per video after the support
   config.eval.every_epochs = 1
 
   # --- devices -------------------------------------------------------------------------------

@@ -90,6 +90,10 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "meta.meta_learning": (bool, _any),
     "meta.supervised_adapt_step": (bool, _any),
     "meta.carry_lstm_state": (bool, _any),
+    "meta.test_in_step": (bool, _any),
+    "meta.psi_in_prototype_update": (bool, _any),
+    "meta.mask_invalid_windows": (bool, _any),
+    "meta.lstm_state_rule": (str, _one_of("mean", "given")),
     "meta.proto_momentum": (float, _range(0, 1, hi_open=True)),
     # optimisation
     "optim.lr": (float, _POSITIVE),
@@ -116,6 +120,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "data.worker_count": (int, _NON_NEGATIVE),
     # evaluation
     "eval.hr_window_s": (float, _POSITIVE),
+    "eval.hr_stride_s": (float, _POSITIVE),
     "eval.hr_estimator": (str, _one_of("sound", "reference")),
     "eval.queries": (int, _AT_LEAST_1),
     "eval.every_epochs": (int, _NON_NEGATIVE),
