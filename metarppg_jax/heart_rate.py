@@ -202,6 +202,18 @@ def snr(sig, fps: float, hr_bpm, *, band: Sequence[float] = HR_BAND_HZ, tol_bpm:
   return np.where(hr_ok & (p_sig + p_noise > 0), out, np.nan)
 
 
+# The estimators by their config name (`config.eval.hr_estimator`): f(sig, fps) -> bpm.
+HR_ESTIMATORS = {"sound": hr_estimate, "reference": hr_reference}
+
+
+def estimator(name: str):
+  """The heart-rate estimator called `name` ("sound" or "reference"): f(sig, fps) -> f64[...]."""
+  if name not in HR_ESTIMATORS:
+    raise errors.ConfigError(
+        f"eval.hr_estimator={name!r} is not one of {sorted(HR_ESTIMATORS)}")
+  return HR_ESTIMATORS[name]
+
+
 # --------------------------------------------------------------------------------------------
 # Signals from the model and windows
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Degenerate cases are NaN, never an exception: standard errors need K >= 2, Pears
 standard error K >= 3 and neither input constant; with K = 0 every metric is NaN.
 Pairs where either heart rate is NaN/inf (a flat or broken window: see `heart_rate`) are left
 out and counted in `num_invalid`; `num_windows` counts the pairs used.
+
+`signal_metrics` is the one call an evaluation needs: the heart rate of every window by the
+configured estimator, these metrics per window and per video, and the SNR.
 """
 
 from typing import Sequence
@@ -23,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from metarppg_jax import errors
+from metarppg_jax import heart_rate
 
 METRIC_KEYS = ("mae", "mae_se", "rmse", "rmse_se", "mape", "mape_se", "pearson", "pearson_se",
                "num_windows", "num_invalid")
@@ -125,3 +129,37 @@ def video_metrics(pred_bpm, true_bpm, video_ids: Sequence) -> dict[str, float | 
   out["num_videos"] = out.pop("num_windows")
   out["num_invalid_videos"] = out.pop("num_invalid")
   return out
+
+
+def signal_metrics(pred_signals, true_bpm, fps: float, *, video_ids: Sequence | None = None,
+                   estimator: str = "sound") -> tuple[dict, np.ndarray]:
+  """Metrics of rPPG signals on windows against the true heart rates of the same windows.
+
+  Args:
+    pred_signals: f[K, n] the method's signal on each window (model: `heart_rate.
+      levels_to_signal`; classical: `baselines.rppg_signal` cut into the same windows).
+    true_bpm: f[K] ground-truth heart rate of each window (from the reference PPG by the same
+      estimator, or the dataset's own HR).
+    fps: frame rate.
+    video_ids: [K] the video of each window; adds a "video" dict (`video_metrics`).
+    estimator: "sound" (`heart_rate.hr_estimate`) or "reference" (the original `get_bpm`).
+
+  Returns:
+    (summary, pred_bpm f64[K]): summary has `hr_metrics`' keys plus `snr` (mean dB over the
+    windows with a finite SNR, `heart_rate.snr` at the true HR), `snr_se`, and "video" if
+    `video_ids` is given: ready for `reports.write_metrics_json` as one split of a method.
+  """
+  sig = np.asarray(pred_signals)
+  true = np.asarray(true_bpm, dtype=np.float64)
+  if sig.ndim != 2 or sig.shape[0] != true.shape[0]:
+    raise errors.DataError(
+        f"pred_signals must be f[K, n] with K = len(true_bpm) = {true.shape[0]}; got shape "
+        f"{sig.shape}")
+  pred = heart_rate.estimator(estimator)(sig, fps)
+  summary = hr_metrics(pred, true)
+  snr_db = heart_rate.snr(sig, fps, true)
+  snr_db = snr_db[np.isfinite(snr_db)]
+  summary["snr"], summary["snr_se"] = _mean_and_se(snr_db)
+  if video_ids is not None:
+    summary["video"] = video_metrics(pred, true, video_ids)
+  return summary, pred

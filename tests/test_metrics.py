@@ -5,6 +5,7 @@ import pytest
 from scipy import stats
 
 from metarppg_jax import errors
+from metarppg_jax import heart_rate
 from metarppg_jax import metrics
 
 
@@ -92,3 +93,27 @@ def test_per_video_and_video_metrics():
   assert metrics.video_metrics([np.nan, 70.0], [60.0, 70.0], [0, 1])["num_invalid_videos"] == 1
   with pytest.raises(errors.DataError, match="video_ids"):
     metrics.per_video(pred, true, ids[:3])
+
+
+@pytest.mark.parametrize("estimator", ["sound", "reference"])
+def test_signal_metrics_end_to_end(estimator):
+  rng = np.random.default_rng(1)
+  fps, t = 30.0, np.arange(300) / 30.0
+  true = rng.uniform(55, 150, 9)
+  sig = np.sin(2 * np.pi * true[:, None] / 60 * t) + 0.3 * rng.standard_normal((9, 300))
+  sig[4] = 0.0                                      # a flat window: no heart rate
+  ids = np.repeat([0, 1, 2], 3)
+  summary, pred = metrics.signal_metrics(sig, true, fps, video_ids=ids, estimator=estimator)
+  assert pred.shape == (9,)
+  want = heart_rate.estimator(estimator)(sig, fps)
+  np.testing.assert_array_equal(pred, want)
+  assert summary["mae"] == metrics.hr_metrics(pred, true)["mae"]
+  if estimator == "sound":
+    assert np.isnan(pred[4]) and summary["num_invalid"] == 1 and summary["num_windows"] == 8
+    assert summary["mae"] < 0.5
+  assert summary["snr"] > 0 and np.isfinite(summary["snr_se"])
+  assert summary["video"]["num_videos"] == 3
+  with pytest.raises(errors.ConfigError, match="hr_estimator"):
+    metrics.signal_metrics(sig, true, fps, estimator="peak")
+  with pytest.raises(errors.DataError, match="pred_signals"):
+    metrics.signal_metrics(sig[:3], true, fps)
