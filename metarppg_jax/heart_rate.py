@@ -190,7 +190,13 @@ def snr(sig, fps: float, hr_bpm, *, band: Sequence[float] = HR_BAND_HZ, tol_bpm:
   fps = _check_fps(fps)
   band = check_band(band, fps)
   freqs, power = power_spectrum(sig, fps, method=method, pad_to=pad_to)
-  hr_hz = np.asarray(hr_bpm, dtype=np.float64)[..., None] / 60.0
+  hr = np.asarray(hr_bpm, dtype=np.float64)
+  try:
+    np.broadcast_shapes(hr.shape, power.shape[:-1])
+  except ValueError:
+    raise errors.DataError(f"hr_bpm of shape {hr.shape} does not broadcast against the "
+                           f"signals' leading axes {power.shape[:-1]}") from None
+  hr_hz = hr[..., None] / 60.0
   tol_hz = tol_bpm / 60.0
   in_band = (freqs >= band[0]) & (freqs <= band[1])
   near = (np.abs(freqs - hr_hz) <= tol_hz) | (np.abs(freqs - 2 * hr_hz) <= tol_hz)

@@ -67,11 +67,15 @@ def _write_atomic(path: PathLike, write) -> pathlib.Path:
 
 
 def _to_json(x: Any, where: str) -> Any:
-  """Plain JSON values: numpy scalars/arrays to Python, NaN/inf to None."""
+  """Plain JSON values: numpy/jax scalars and arrays to Python, NaN/inf to None."""
   if isinstance(x, Mapping):
     return {str(k): _to_json(v, f"{where}/{k}") for k, v in x.items()}
   if isinstance(x, (str, bool)) or x is None:
     return x
+  if hasattr(x, "__array__") and not isinstance(x, np.ndarray):     # jax arrays
+    x = np.asarray(x)
+  if isinstance(x, np.ndarray) and x.ndim == 0:
+    x = x[()]
   if isinstance(x, (list, tuple, np.ndarray)):
     return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(np.asarray(x).tolist()
                                                              if isinstance(x, np.ndarray) else x)]

@@ -131,6 +131,8 @@ def test_snr_high_for_clean_pulse_low_for_noise():
   per = heart_rate.snr(np.stack([clean, clean]), 30.0, np.array([75.0, np.nan]))
   assert per[0] == pytest.approx(s[0]) and np.isnan(per[1])
   assert np.isnan(heart_rate.snr(np.zeros(300), 30.0, 75.0))
+  with pytest.raises(errors.DataError, match="broadcast"):
+    heart_rate.snr(np.stack([clean, clean]), 30.0, np.array([75.0, 70.0, 60.0]))
 
 
 def test_snr_matches_definition_on_a_pure_tone():

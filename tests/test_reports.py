@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -19,7 +20,7 @@ def _results():
   for method, noise in (("meta_rppg", 2.0), ("no_adaptation", 6.0), ("pos", 4.0)):
     pred = true + rng.normal(0, noise, 12)
     m = metrics.hr_metrics(pred, true)
-    m["snr"] = np.float32(3.5)
+    m["snr"] = jnp.float32(3.5)                 # jax scalars are written as numbers
     m["video"] = metrics.video_metrics(pred, true, np.arange(12) // 4)
     out[method] = {"test": m}
   out["pos"]["val"] = dict(out["pos"]["test"], pearson=float("nan"), snr=np.inf)
