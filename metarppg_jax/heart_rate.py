@@ -82,6 +82,8 @@ def hr_reference(sig, fps: float = 30.0) -> np.ndarray:
   fps = _check_fps(fps)
   x = _as_signal(sig, 2)
   n = x.shape[-1]
+  if x.size == 0:
+    return np.zeros(x.shape[:-1])
   x = (x - x.mean(axis=-1, keepdims=True)) * sps.windows.hann(n)
   freqs, pxx = sps.welch(x, fps, nperseg=n, axis=-1)
   return np.round(freqs[np.argmax(pxx, axis=-1)] * 60.0)
@@ -126,6 +128,9 @@ def power_spectrum(sig, fps: float, *, method: Method = "fft", pad_to: int | Non
   nfft = default_pad_to(nperseg, fps) if pad_to is None else int(pad_to)
   if nfft < nperseg:
     raise errors.ConfigError(f"pad_to={pad_to} is shorter than the segment ({nperseg} samples)")
+  if x.size == 0:                                # no windows (a video shorter than one)
+    freqs = np.fft.rfftfreq(nfft, 1.0 / fps)
+    return freqs, np.zeros(x.shape[:-1] + freqs.shape)
   # A signal with a NaN/inf has no spectrum: NaN power (not an exception from the batch).
   bad = ~np.all(np.isfinite(x), axis=-1, keepdims=True)
   x = np.where(bad, 0.0, x)

@@ -181,3 +181,13 @@ def test_signal_windows():
   np.testing.assert_array_equal(win[1, 2], sig[1, starts[2]:starts[2] + 300])
   win, starts = heart_rate.signal_windows(sig, 30.0, 10.0)
   assert np.all(np.diff(starts) == 300)
+
+
+def test_no_windows_gives_empty_results():
+  empty = np.zeros((0, 300))
+  assert heart_rate.hr_estimate(empty, 30.0).shape == (0,)
+  assert heart_rate.hr_reference(empty, 30.0).shape == (0,)
+  assert heart_rate.snr(empty, 30.0, np.zeros(0)).shape == (0,)
+  freqs, power = heart_rate.power_spectrum(empty, 30.0, pad_to=512)
+  np.testing.assert_allclose(freqs, np.fft.rfftfreq(512, 1 / 30.0))
+  assert power.shape == (0, 257)
