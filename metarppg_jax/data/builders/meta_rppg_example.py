@@ -84,7 +84,11 @@ class MetaRppgExample(base.RppgBuilder):
     frames = np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     if self.builder_config.channel_order == "bgr":
       frames = frames[..., ::-1]
-    skin = (mask.reshape(t, -1, base.CROP_SIZE, base.CROP_SIZE) > 0).any(axis=1)
+    skin = mask.reshape(t, -1, base.CROP_SIZE, base.CROP_SIZE) > 0
+    if not np.all(skin == skin[:, :1]):
+      raise base.Skip(base.GT_INVALID, f"{name}: mask channels differ; expected one skin mask "
+                      "repeated over the 3 channels")
+    skin = skin[:, 0]
     return {"frames": np.ascontiguousarray(frames), "mask": skin.astype(np.uint8),
             "ppg": ppg.astype(np.float32), "hr": np.full(t, np.nan, np.float32),
             "has_ppg": True, "has_hr": False, "fps": np.float32(FPS),

@@ -48,11 +48,11 @@ class Pure(base.RppgBuilder):
 
   def _make_example(self, item):
     folder = item.paths[0]
-    gt = base.read_gt_or_skip(gt_lib.read_pure, folder + ".json")
     pngs = sorted((f for f in os.listdir(folder) if f.lower().endswith(".png")),
                   key=_frame_number) if os.path.isdir(folder) else []
     if not pngs:
       raise base.Skip(base.UNREADABLE, f"{folder}: no PNG frames")
+    gt = base.read_gt_or_skip(gt_lib.read_pure, folder + ".json")
     if len(pngs) != gt.frame_time.shape[0]:
       raise base.Skip(base.MISMATCH, f"{folder}: {len(pngs)} PNG frames but {gt.source} lists "
                       f"{gt.frame_time.shape[0]} image timestamps")
