@@ -1,0 +1,203 @@
+"""Input pipeline: task windows, determinism, resume, process sharding, device sharding, eval."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from metarppg_jax.data import input_pipeline as ip
+from metarppg_jax.data import preprocess
+from metarppg_jax.errors import ConfigError
+
+W = 8   # a short window keeps the tests small; the code does not care
+
+
+def make_record(r, num_frames, *, has_ppg=True):
+  rng = np.random.default_rng(r)
+  t = np.arange(num_frames)
+  return {
+      "frames": rng.integers(0, 256, (num_frames, 64, 64, 3), dtype=np.uint8),
+      "mask": (rng.random((num_frames, 64, 64)) > 0.3).astype(np.uint8),
+      # Encodes (video, frame) so windows can be traced back: 1000 r + frame.
+      "ppg": (1000.0 * r + t).astype(np.float32) if has_ppg else np.zeros(num_frames,
+                                                                          np.float32),
+      "hr": np.full(num_frames, 60.0 + r, np.float32),
+      "has_ppg": has_ppg, "has_hr": True, "fps": 30.0,
+      "subject": f"s{r}".encode(), "video_id": f"v{r}".encode(), "domain": b"source",
+  }
+
+
+@pytest.fixture(scope="module")
+def source():
+  # 5 videos; lengths give 1..4 tasks of 3 windows at stride W (and one too short).
+  return [make_record(r, n) for r, n in enumerate([3 * W, 4 * W + 3, 2 * W, 6 * W, 5 * W])]
+
+
+def tasks_of(batch):
+  """(video, start) of each task, checking its windows are consecutive frames of one video."""
+  out = []
+  for ppg in batch["ppg"]:
+    flat = ppg.reshape(-1)
+    video, start = divmod(int(flat[0]), 1000)
+    np.testing.assert_array_equal(flat, 1000 * video + start + np.arange(3 * W))
+    out.append((video, start))
+  return out
+
+
+def all_tasks(source, stride=W):
+  return {(r, int(s)) for r, rec in enumerate(source)
+          for s in preprocess.window_starts(len(rec["ppg"]), 3 * W, stride)}
+
+
+def test_task_index(source):
+  index = ip.task_index(source, window=W, stride=W)
+  assert {tuple(map(int, row)) for row in index} == all_tasks(source)
+  assert not any(r == 2 for r, _ in all_tasks(source))   # 2 windows only: no task
+  with pytest.raises(ConfigError, match="shorter than 3 windows"):
+    ip.task_index(source[2:3], window=W, stride=W)
+
+
+def test_batch_contents(source):
+  ds = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=0)
+  batch = ds[0]
+  assert batch["x"].shape == (2, 3, W, 64, 64, 3) and batch["x"].dtype == np.float32
+  assert batch["targets"].shape == (2, 3, W) and batch["targets"].dtype == np.int32
+  assert batch["valid"].shape == (2, 3) and batch["valid"].all()
+  assert batch["ppg"].shape == (2, 3, W)
+  for n, (video, start) in enumerate(tasks_of(batch)):
+    idx = start + np.arange(3 * W).reshape(3, W)
+    rec = source[video]
+    np.testing.assert_allclose(
+        batch["x"][n], preprocess.normalize_clip(rec["frames"][idx], rec["mask"][idx], "sound"))
+    np.testing.assert_array_equal(batch["targets"][n], preprocess.quantize_ppg(rec["ppg"][idx])[0])
+  ref = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=0,
+                         normalization="reference")[0]
+  video, start = tasks_of(ref)[0]
+  idx = start + np.arange(3 * W).reshape(3, W)
+  np.testing.assert_allclose(ref["x"][0], preprocess.normalize_clip(
+      source[video]["frames"][idx], source[video]["mask"][idx], "reference"))
+
+
+def test_one_epoch_covers_every_task_once_and_seeds_shuffle(source):
+  def epoch(seed, stride=W):
+    ds = ip.train_dataset(source, tasks_per_batch=1, window=W, stride=stride, seed=seed,
+                          num_epochs=1)
+    return [t for b in ds for t in tasks_of(b)]
+  a, b, c = epoch(0), epoch(0), epoch(1)
+  assert a == b and a != c
+  assert sorted(a) == sorted(all_tasks(source)) == sorted(c)
+  assert sorted(epoch(0, stride=3)) == sorted(all_tasks(source, stride=3))
+  two = [t for b in ip.train_dataset(source, tasks_per_batch=1, window=W, stride=W, seed=0,
+                                     num_epochs=2) for t in tasks_of(b)]
+  assert two[:len(a)] == a and two[len(a):] != a and sorted(two[len(a):]) == sorted(a)
+
+
+def test_process_shards_are_disjoint(source):
+  shards = []
+  for p in range(2):
+    ds = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=3, num_epochs=1,
+                          process_index=p, process_count=2)
+    shards.append([t for b in ds for t in tasks_of(b)])
+    assert all(len(b["x"]) == 1 for b in ds)   # 2 global tasks = 1 a process
+  assert not set(shards[0]) & set(shards[1])
+  assert set(shards[0]) | set(shards[1]) == all_tasks(source)
+  with pytest.raises(ConfigError, match="divisible"):
+    ip.train_dataset(source, tasks_per_batch=3, window=W, stride=W, process_count=2)
+
+
+def config(**data):
+  cfg = ml_collections.ConfigDict({"seed": 7, "data": {
+      "tasks_per_batch": 2, "window": W, "stride": W, "normalization": "sound",
+      "worker_count": 0}})
+  cfg.data.update(data)
+  return cfg
+
+
+def test_resume_from_state_is_exact(source):
+  it = ip.train_iterator(config(), source)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [tasks_of(next(it)) for _ in range(4)]
+  fresh = ip.train_iterator(config(), source)
+  fresh.set_state(state)
+  assert [tasks_of(next(fresh)) for _ in range(4)] == expected
+
+
+def test_device_iterator_shards_and_resumes_exactly(source):
+  mesh = jax.make_mesh((1,), ("data",))
+  it = ip.train_iterator(config(), source, mesh=mesh, prefetch=3)
+  first = next(it)
+  assert isinstance(first["x"], jax.Array) and first["x"].shape == (2, 3, W, 64, 64, 3)
+  assert first["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+  next(it)
+  state = it.get_state()   # three batches are prefetched beyond it: must not matter
+  expected = [tasks_of(jax.device_get(next(it))) for _ in range(3)]
+  plain = ip.train_iterator(config(), source)
+  plain.set_state(state)
+  assert [tasks_of(next(plain)) for _ in range(3)] == expected
+  it.set_state(state)
+  assert [tasks_of(jax.device_get(next(it))) for _ in range(3)] == expected
+
+
+def test_shard_batch_over_two_devices(tmp_path):
+  script = textwrap.dedent("""
+      import os
+      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+      import jax, numpy as np
+      from metarppg_jax.data import input_pipeline as ip
+      from metarppg_jax.errors import ConfigError
+      mesh = jax.make_mesh((2,), ("data",))
+      batch = {"x": np.arange(4 * 3, dtype=np.float32).reshape(4, 3)}
+      out = ip.shard_batch(batch, mesh)["x"]
+      assert out.shape == (4, 3)
+      shards = sorted((s.index[0].start, np.asarray(s.data).tolist())
+                      for s in out.addressable_shards)
+      assert shards == [(0, [[0, 1, 2], [3, 4, 5]]), (2, [[6, 7, 8], [9, 10, 11]])], shards
+      try:
+        ip.shard_batch({"x": np.zeros((3, 1))}, mesh)
+        raise SystemExit("no error for 3 tasks on 2 devices")
+      except ConfigError:
+        pass
+      print("ok")
+  """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env)
+  assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+def test_hr_only_videos_have_no_valid_targets():
+  source = [make_record(0, 3 * W, has_ppg=False), make_record(1, 3 * W)]
+  ds = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, num_epochs=1)
+  batch = ds[0]
+  has_ppg = batch["ppg"].reshape(2, -1).any(axis=1)
+  assert sorted(has_ppg) == [False, True]
+  np.testing.assert_array_equal(batch["valid"], np.repeat(has_ppg[:, None], 3, axis=1))
+
+
+def test_eval_videos(source):
+  videos = list(ip.eval_videos(source, window=W, normalization="sound"))
+  assert [v["video_id"] for v in videos] == [f"v{r}" for r in range(5)]
+  for r, v in enumerate(videos):
+    rec = source[r]
+    n = len(rec["ppg"]) // W
+    idx = np.arange(n * W).reshape(n, W)
+    assert v["x"].shape == (n, W, 64, 64, 3) and v["ppg"].shape == (n, W)
+    np.testing.assert_array_equal(v["ppg"], rec["ppg"][idx])
+    np.testing.assert_array_equal(v["hr"], rec["hr"][idx])
+    np.testing.assert_allclose(v["rgb"], preprocess.masked_rgb_means(rec["frames"][idx],
+                                                                     rec["mask"][idx]))
+    np.testing.assert_allclose(v["x"], preprocess.normalize_clip(rec["frames"][idx],
+                                                                 rec["mask"][idx], "sound"))
+    assert v["fps"] == 30.0 and v["subject"] == f"s{r}" and v["valid"].all()
+  first = list(ip.eval_videos(source, window=W, num_windows=2))
+  assert all(v["x"].shape[0] == 2 for v in first)
+  half = [v["video_id"] for v in ip.eval_videos(source, window=W, process_index=1,
+                                                 process_count=2)]
+  assert half == ["v1", "v3"]
