@@ -334,6 +334,7 @@ def test_meta_rppg_example_refuses_pickled_objects(tmp_path):
 
 # --- synthetic and splits -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_synthetic_tiny(tmp_path):
   builder = build.build_dataset("synthetic_rppg", data_dir=str(tmp_path), config="tiny")
   got = all_records(builder)
