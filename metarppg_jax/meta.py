@@ -1,0 +1,665 @@
+"""Meta-rPPG's meta-training step and transductive inference, as pure jitted functions.
+
+MODEL_SPEC "One outer iteration" and "Transductive inference" say what is computed; this module
+is that computation on one state pytree. Public API (stable; train.py and evaluate.py use it):
+
+  TrainState                       the whole training state (a pytree, see the class)
+  create_train_state(config, key, *, num_tasks) -> TrainState
+  state_from_original(config, original_state) -> TrainState   (fresh optimizers, epoch 1)
+  make_meta_train_step(config, *, trace=False) -> step(state, batch) -> (state, metrics)
+      jitted once, the state donated. batch = {"x": f32[N, 3, T, H, W, C],
+      "targets": i32[N, 3, T], "valid": bool[N, 3] (optional, all True)} and, with
+      `config.meta.test_in_step` (the reference config), "test_x": f32[fewshots + N, T, H, W, C],
+      "test_targets": i32[fewshots + N, T]. Window 0: adaptation phase and the prototype
+      update; windows 1 and 2: learning phase. metrics: float32 scalars (names below).
+  update_prototype(config, state, x f32[N, T, H, W, C]) -> TrainState  (the original's
+      prototype and LSTM-state update; the trainer calls it once before training, as the
+      original does; the step does it at its end on window 0)
+  adapt(config, params, batch_stats, prototype, support f32[S, T, H, W, C])
+      -> (theta', theta_stats', psi_stats')
+  predict(params, batch_stats, query f32[Q, T, H, W, C], lstm_state, *, head, train=True)
+      -> models.EstimatorOutput
+  initial_lstm_state(config, lstm_state, batch) -> (h, c) f32[4, batch, 60]
+  evaluate_videos(config, state, videos f32[V, S + Q, T, H, W, C], *, adapt=None)
+      -> {"prob" f32[V, Q, T, 40], "decision" i32[V, Q, T], "level" i32[V, Q, T],
+          "expected_level" f32[V, Q, T]}   (one jitted call, vmapped over videos)
+
+Metrics of the step (per-term, stable names): "ordloss", "fewloss", "gradloss", "loss"
+(learning-phase means; fewloss is 0 with `prototype` off, gradloss 0 without the synthetic
+gradient), "learn1/ordloss", "learn1/fewloss", "learn1/gradloss", "learn2/..." (each computed
+before its step), "adapt/ordloss", "adapt/fewloss" (only with `supervised_adapt_step`),
+"test/ordloss" (only with `test_in_step`), "lr", "adapt_lr".
+
+Config switches (`config.meta`): adapt_position extractor|estimator|both; fewshots;
+synthetic_gradient; prototype; meta_learning (False: end-to-end baseline, learning steps on all
+three windows, no adaptation, psi not trained); inner_mode joint (the original: the batch of
+tasks adapts the one shared theta/phi, in place) | per_task (each task adapts its own copy from
+the shared parameters with a fresh inner optimizer, its batch norms over that task alone; the
+learning phase evaluates each task's loss at its adapted parameters and updates the shared ones
+with the mean gradient: first order, exact for this update since the adaptation offsets are held
+constant); supervised_adapt_step; carry_lstm_state (the original threads (h, c) through every
+estimator call of the step); test_in_step (the original's transductive test inside the step:
+it moves psi's batch statistics); psi_in_prototype_update (the original's prototype update runs
+psi too, moving its statistics); mask_invalid_windows (windows with valid=False, e.g. a flat
+PPG, do not count in the ordinal loss); lstm_state_rule "given" | "mean" (below).
+`config.model.ordinal_head` picks the ordinal head.
+
+LSTM initial state of an estimator call: "given" (reference) uses (h, c) as stored, so the
+call's batch must equal the state's N (the original's restriction); "mean" (sound) starts every
+sequence from the mean of the N stored states, broadcast to the call's batch: the stored states
+belong to no particular video (tasks are re-sampled every step), so their mean is the one
+state that is not arbitrary, and any query count works.
+
+Test-time adaptation adapts theta (a copy per video), whatever the training adaptation position,
+as the original does; psi runs in train mode (batch statistics of the single support window).
+"""
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarppg_jax import losses
+from metarppg_jax import models
+from metarppg_jax import optim
+from metarppg_jax.errors import ConfigError, DataError
+
+PyTree = Any
+
+POSITIONS = ("extractor", "estimator", "both")
+INNER_MODES = ("joint",)  # per_task: next commit
+LSTM_STATE_RULES = ("given", "mean")
+
+
+# --------------------------------------------------------------------------------------------
+# State and settings.
+# --------------------------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs.
+
+  step i32[]: outer iterations done; epoch i32[]: 1-based, drives the cosine schedules;
+  params {theta, phi, psi}; batch_stats {theta, psi}; opt_state {theta, phi, psi, adapt}
+  (`optim.sgd` states; adapt's covers the adapted nets: {"theta"}, {"phi"} or both);
+  prototype f32[120]; lstm_state (h, c) f32[4, N, 60]; rng: a PRNG key (unused by the step,
+  which is deterministic; for the trainer).
+  """
+  step: jax.Array
+  epoch: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  prototype: jax.Array
+  lstm_state: tuple[jax.Array, jax.Array]
+  rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The config fields this module reads, validated; hashable (a static jit argument)."""
+  position: str
+  fewshots: int
+  inner_mode: str
+  synthetic_gradient: bool
+  prototype: bool
+  meta_learning: bool
+  supervised_adapt_step: bool
+  carry_lstm_state: bool
+  test_in_step: bool
+  psi_in_prototype_update: bool
+  mask_invalid_windows: bool
+  lstm_state_rule: str
+  proto_momentum: float
+  head: str
+  lr: float
+  adapt_lr: float
+  momentum: float
+  weight_decay: float
+  cosine_t_max: int
+  cosine_floor: float
+  adapt_at_test: bool
+
+  @property
+  def adapted_nets(self) -> tuple[str, ...]:
+    return {"extractor": ("theta",), "estimator": ("phi",), "both": ("theta", "phi")}[
+        self.position]
+
+
+def settings(config) -> Settings:
+  """Read and validate the config fields meta.py uses; ConfigError names a bad field."""
+  meta, opt = config.meta, config.optim
+
+  def get(group, name, default):
+    return group.get(name, default) if hasattr(group, "get") else getattr(group, name, default)
+
+  def choice(field, value, allowed):
+    if value not in allowed:
+      raise ConfigError(f"config.{field} = {value!r}: must be one of {list(allowed)}")
+    return value
+
+  fewshots = int(meta.fewshots)
+  if fewshots < 1:
+    raise ConfigError(f"config.meta.fewshots = {meta.fewshots}: must be >= 1")
+  s = Settings(
+      position=choice("meta.adapt_position", meta.adapt_position, POSITIONS),
+      fewshots=fewshots,
+      inner_mode=choice("meta.inner_mode", meta.inner_mode, INNER_MODES),
+      synthetic_gradient=bool(meta.synthetic_gradient),
+      prototype=bool(meta.prototype),
+      meta_learning=bool(meta.meta_learning),
+      supervised_adapt_step=bool(meta.supervised_adapt_step),
+      carry_lstm_state=bool(meta.carry_lstm_state),
+      test_in_step=bool(get(meta, "test_in_step", False)),
+      psi_in_prototype_update=bool(get(meta, "psi_in_prototype_update", False)),
+      mask_invalid_windows=bool(get(meta, "mask_invalid_windows", True)),
+      lstm_state_rule=choice("meta.lstm_state_rule", get(meta, "lstm_state_rule", "mean"),
+                             LSTM_STATE_RULES),
+      proto_momentum=float(meta.proto_momentum),
+      head=choice("model.ordinal_head", config.model.ordinal_head, models.ORDINAL_HEADS),
+      lr=float(opt.lr), adapt_lr=float(opt.adapt_lr), momentum=float(opt.momentum),
+      weight_decay=float(opt.weight_decay), cosine_t_max=int(opt.cosine_t_max),
+      cosine_floor=float(opt.cosine_floor),
+      adapt_at_test=get(config, "method", "meta_rppg") != "no_adaptation")
+  if s.carry_lstm_state and s.lstm_state_rule != "given":
+    raise ConfigError("config.meta.carry_lstm_state = True needs config.meta.lstm_state_rule = "
+                      "'given' (the carried state is per task, as the original's)")
+  if s.test_in_step and s.lstm_state_rule != "given":
+    raise ConfigError("config.meta.test_in_step = True needs config.meta.lstm_state_rule = "
+                      "'given' (the original's test runs its queries from (h, c) as stored)")
+  if not 0.0 <= s.proto_momentum < 1.0:
+    raise ConfigError(f"config.meta.proto_momentum = {s.proto_momentum}: must be in [0, 1)")
+  if s.cosine_t_max < 1:
+    raise ConfigError(f"config.optim.cosine_t_max = {s.cosine_t_max}: must be >= 1")
+  return s
+
+
+def _sgd(s: Settings, lr: float):
+  return optim.sgd(lr, s.momentum, s.weight_decay)
+
+
+def _init_opt_state(s: Settings, params: PyTree) -> PyTree:
+  return {
+      "theta": _sgd(s, s.lr).init(params["theta"]),
+      "phi": _sgd(s, s.lr).init(params["phi"]),
+      "psi": _sgd(s, s.lr).init(params["psi"]),
+      "adapt": _sgd(s, s.adapt_lr).init({k: params[k] for k in s.adapted_nets}),
+  }
+
+
+def create_train_state(config, key: jax.Array, *, num_tasks: int) -> TrainState:
+  """A fresh state: the original's effective init, zero prototype and (h, c) for `num_tasks`."""
+  s = settings(config)
+  dtype = jnp.dtype(config.model.dtype)
+  k_init, k_rng = jax.random.split(key)
+  params, stats = models.init(k_init, dtype)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), epoch=jnp.ones((), jnp.int32), params=params,
+      batch_stats=stats, opt_state=_init_opt_state(s, params),
+      prototype=jnp.zeros((models.FEATURES,), dtype),
+      # Two distinct buffers: the step donates the state, and a buffer can be donated once.
+      lstm_state=tuple(jnp.array(a) for a in models.zero_lstm_state(num_tasks, dtype)),
+      rng=k_rng)
+
+
+def state_from_original(config, original_state) -> TrainState:
+  """A state from an `original_checkpoint.OriginalState`: its weights, statistics, prototype
+  and (h, c), fresh optimizers, epoch 1, step 0 (the reference parity runs start here)."""
+  s = settings(config)
+  params = jax.tree.map(jnp.asarray, original_state.params)
+  stats = jax.tree.map(jnp.asarray, original_state.batch_stats)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), epoch=jnp.ones((), jnp.int32), params=params,
+      batch_stats=stats, opt_state=_init_opt_state(s, params),
+      prototype=jnp.asarray(original_state.prototype),
+      lstm_state=tuple(jnp.asarray(a) for a in original_state.lstm_state),
+      rng=jax.random.PRNGKey(int(config.seed)))
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces shared by training and inference.
+# --------------------------------------------------------------------------------------------
+
+def _initial_lstm_state(s: Settings, lstm_state, batch: int):
+  h, c = lstm_state
+  if s.lstm_state_rule == "given":
+    if h.shape[1] != batch:
+      raise DataError(
+          f"{batch} sequences but the stored LSTM state (h, c) is for {h.shape[1]}: with "
+          "config.meta.lstm_state_rule = 'given' (the original's rule) they must be equal")
+    return h, c
+  shape = (h.shape[0], batch, h.shape[2])
+  return (jnp.broadcast_to(h.mean(1, keepdims=True), shape),
+          jnp.broadcast_to(c.mean(1, keepdims=True), shape))
+
+
+def initial_lstm_state(config, lstm_state, batch: int):
+  """The estimator's initial (h, c) f32[4, batch, 60] for `batch` sequences (module doc)."""
+  return _initial_lstm_state(settings(config), lstm_state, batch)
+
+
+def _ordinal(s: Settings, out: models.EstimatorOutput, targets, valid, prob=None):
+  """Ordinal loss of one estimator output; `prob` replaces out.prob (reference head) so that
+  its gradient can be taken. Invalid windows are masked out in sound mode."""
+  if s.head == "reference":
+    p = out.prob if prob is None else prob
+    per_window = lambda p1, t1: losses.ordinal_loss_from_prob(p1[None], t1[None], s.head)
+    if not s.mask_invalid_windows or valid is None:
+      return losses.ordinal_loss_from_prob(p, targets, s.head)
+    per = jax.vmap(per_window)(p, targets)
+  else:
+    if not s.mask_invalid_windows or valid is None:
+      return losses.ordinal_loss(out.fc_out, targets, s.head)
+    per = jax.vmap(lambda f1, t1: losses.ordinal_loss(f1[None], t1[None], s.head))(
+        out.fc_out, targets)
+  w = valid.astype(per.dtype)
+  return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1)
+
+
+def _prob_target_grad(s: Settings, prob, targets, valid):
+  """d ordinal / d prob (psi's target at the estimator), from the probability form."""
+  def f(p):
+    if s.mask_invalid_windows and valid is not None:
+      per = jax.vmap(lambda p1, t1: losses.ordinal_loss_from_prob(p1[None], t1[None], s.head))(
+          p, targets)
+      w = valid.astype(per.dtype)
+      return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1)
+    return losses.ordinal_loss_from_prob(p, targets, s.head)
+  return jax.grad(f)(prob)
+
+
+def _psi_calls(psi, psi_stats, inputs):
+  """psi in train mode on each input in order (each call moves the batch statistics)."""
+  outs = []
+  for inp in inputs:
+    o, psi_stats = models.synthetic_gradient(psi, psi_stats, jax.lax.stop_gradient(inp),
+                                             train=True)
+    outs.append(o)
+  return outs, psi_stats
+
+
+def _predict(params, batch_stats, query, lstm_state, *, head, train):
+  z, theta_stats = models.extract(params["theta"], batch_stats["theta"], query, train=train)
+  out, _ = models.estimate(params["phi"], z, lstm_state, head=head)
+  return out, theta_stats
+
+
+def predict(params: PyTree, batch_stats: PyTree, query: jax.Array, lstm_state, *,
+            head: str, train: bool = True) -> models.EstimatorOutput:
+  """Estimator output for query clips f32[Q, T, H, W, C] from initial (h, c) f32[4, Q, 60].
+  train: batch norm over the queries (the original evaluates in train mode)."""
+  return _predict(params, batch_stats, query, lstm_state, head=head, train=train)[0]
+
+
+def _adapt(s: Settings, theta, theta_stats, psi, psi_stats, prototype, support):
+  """The transductive inner loop on support windows f32[S, T, H, W, C], each alone:
+  S synthetic-gradient steps, then S prototype steps, one fresh SGD (its momentum carries
+  from the first kind into the second). -> theta', theta_stats', psi_stats', proto losses [S]."""
+  tx = _sgd(s, s.adapt_lr)
+  opt_state = tx.init(theta)
+
+  def sg_step(carry, x):
+    theta, theta_stats, psi_stats, opt_state = carry
+    z, vjp, theta_stats = jax.vjp(
+        lambda th: models.extract(th, theta_stats, x[None], train=True), theta, has_aux=True)
+    (g_z,), psi_stats = _psi_calls(psi, psi_stats, [z])
+    (g,) = vjp(g_z)
+    theta, opt_state = optim.step(tx, g, opt_state, theta)
+    return (theta, theta_stats, psi_stats, opt_state), None
+
+  def proto_step(carry, x):
+    theta, theta_stats, psi_stats, opt_state = carry
+
+    def loss_fn(th):
+      z, st = models.extract(th, theta_stats, x[None], train=True)
+      return losses.prototype_loss(z, prototype), st
+
+    (loss, theta_stats), g = jax.value_and_grad(loss_fn, has_aux=True)(theta)
+    theta, opt_state = optim.step(tx, g, opt_state, theta)
+    return (theta, theta_stats, psi_stats, opt_state), loss
+
+  carry = (theta, theta_stats, psi_stats, opt_state)
+  if s.synthetic_gradient:
+    carry, _ = jax.lax.scan(sg_step, carry, support)
+  if s.prototype:
+    carry, proto_losses = jax.lax.scan(proto_step, carry, support)
+  else:
+    proto_losses = jnp.zeros((support.shape[0],), support.dtype)
+  theta, theta_stats, psi_stats, _ = carry
+  return theta, theta_stats, psi_stats, proto_losses
+
+
+def adapt(config, params: PyTree, batch_stats: PyTree, prototype: jax.Array,
+          support: jax.Array) -> tuple[PyTree, PyTree, PyTree]:
+  """Transductive adaptation of a copy of theta on one video's support windows
+  f32[S, T, H, W, C] (S = the number of steps of each kind). -> (theta', theta_stats',
+  psi_stats'). Pure; jit or vmap it as needed (`evaluate_videos` does both)."""
+  s = settings(config)
+  theta, theta_stats, psi_stats, _ = _adapt(
+      s, params["theta"], batch_stats["theta"], params["psi"], batch_stats["psi"], prototype,
+      support)
+  return theta, theta_stats, psi_stats
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation: every video adapts its own copy, vmapped, one jitted call.
+# --------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate(s: Settings, do_adapt: bool, params, batch_stats, prototype, lstm_state, videos):
+  num_queries = videos.shape[1] - s.fewshots
+  lstm0 = _initial_lstm_state(s, lstm_state, num_queries)
+
+  def one(video):
+    theta, theta_stats = params["theta"], batch_stats["theta"]
+    if do_adapt:
+      theta, theta_stats, _, _ = _adapt(s, theta, theta_stats, params["psi"],
+                                        batch_stats["psi"], prototype, video[:s.fewshots])
+    out, _ = _predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats},
+                      video[s.fewshots:], lstm0, head=s.head, train=True)
+    return out
+
+  out = jax.vmap(one)(videos)
+  return {"prob": out.prob, "decision": out.decision,
+          "level": losses.decision_to_level(out.decision),
+          "expected_level": jnp.sum(out.prob, axis=-1) - 1}
+
+
+def evaluate_videos(config, state: TrainState, videos: jax.Array, *, adapt: bool | None = None
+                    ) -> dict[str, jax.Array]:
+  """Transductive test of V videos at once: videos f32[V, S + Q, T, H, W, C], the first
+  S = config.meta.fewshots windows of each the support, the rest the queries.
+
+  Each video adapts its own copy of theta (`adapt`; skipped with adapt=False or
+  config.method == "no_adaptation": then the support windows are unused, so every method
+  predicts the same queries) and predicts its queries from the initial LSTM state of
+  `lstm_state_rule`. -> prob f32[V, Q, T, 40], decision i32[V, Q, T] (0..40, a perfect model
+  gives target + 1), level i32[V, Q, T] (decision mapped to target levels 0..39),
+  expected_level f32[V, Q, T] (sum of prob - 1: a continuous signal on the level scale).
+  """
+  s = settings(config)
+  if videos.ndim != 6 or videos.shape[1] <= s.fewshots:
+    raise DataError(f"videos have shape {list(videos.shape)}: expected [V, fewshots + Q, T, H, "
+                    f"W, C] with fewshots = {s.fewshots} and Q >= 1")
+  do_adapt = s.adapt_at_test if adapt is None else bool(adapt)
+  return _evaluate(s, do_adapt, state.params, state.batch_stats, state.prototype,
+                   state.lstm_state, videos)
+
+
+# --------------------------------------------------------------------------------------------
+# Training: the stages of one outer iteration.
+# --------------------------------------------------------------------------------------------
+
+def _lr(s: Settings, base: float, epoch):
+  return optim.cosine_lr(base, epoch, t_max=s.cosine_t_max, floor=s.cosine_floor)
+
+
+def _supervised_step(s, params, stats, opt_theta, prototype, x, t, valid, lstm0):
+  """The original's undocumented theta step on the adaptation window (A-optimizer)."""
+  def loss_fn(theta):
+    z, theta_stats = models.extract(theta, stats["theta"], x, train=True)
+    out, final = models.estimate(params["phi"], z, lstm0, head=s.head)
+    fewloss = losses.prototype_loss(z, prototype) if s.prototype else jnp.zeros((), z.dtype)
+    ordloss = _ordinal(s, out, t, valid)
+    return fewloss + ordloss, (theta_stats, final, ordloss, fewloss)
+
+  (_, (theta_stats, final, ordloss, fewloss)), g = jax.value_and_grad(
+      loss_fn, has_aux=True)(params["theta"])
+  theta, opt_theta = optim.step(_sgd(s, s.lr), g, opt_theta, params["theta"])
+  return theta, theta_stats, opt_theta, final, ordloss, fewloss
+
+
+def _sg_adaptation(s, params, stats, opt_adapt, x, lstm0):
+  """`fewshots` synthetic-gradient steps on the adapted nets (shared, in place: the joint
+  mode). -> params, stats, opt_adapt, last lstm state, psi's last output."""
+  need_estimator = s.position != "extractor" or s.carry_lstm_state
+  tx = _sgd(s, s.adapt_lr)
+
+  def step(carry, _):
+    params, stats, opt_adapt, lstm, _ = carry
+    theta, phi, psi = params["theta"], params["phi"], params["psi"]
+    z, vjp_theta, theta_stats = jax.vjp(
+        lambda th: models.extract(th, stats["theta"], x, train=True), theta, has_aux=True)
+    prob, vjp_phi = None, None
+    if need_estimator:
+      z_const = jax.lax.stop_gradient(z)
+      prob, vjp_phi, lstm_next = jax.vjp(
+          lambda ph: _prob_and_final(s, ph, z_const, lstm), phi, has_aux=True)
+    else:
+      lstm_next = lstm
+    inputs = {"extractor": [z], "estimator": [prob], "both": [z, prob]}[s.position]
+    outs, psi_stats = _psi_calls(psi, stats["psi"], inputs)
+    grads = {}
+    if "theta" in s.adapted_nets:
+      grads["theta"] = vjp_theta(outs[0])[0]
+    if "phi" in s.adapted_nets:
+      grads["phi"] = vjp_phi(outs[-1])[0]
+    adapted, opt_adapt = optim.step(tx, grads, opt_adapt, {k: params[k] for k in grads})
+    params = dict(params, **adapted)
+    stats = {"theta": theta_stats, "psi": psi_stats}
+    lstm = lstm_next if s.carry_lstm_state else lstm
+    return (params, stats, opt_adapt, lstm, outs[-1]), None
+
+  width = models.FEATURES if s.position == "extractor" else models.NUM_LEVELS
+  last = jnp.zeros(x.shape[:2] + (width,), x.dtype)
+  carry, _ = jax.lax.scan(step, (params, stats, opt_adapt, lstm0, last), None,
+                          length=s.fewshots)
+  return carry
+
+
+def _prob_and_final(s, phi, z, lstm):
+  out, final = models.estimate(phi, z, lstm, head=s.head)
+  return out.prob, final
+
+
+def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, lr, train_psi):
+  """One learning step: loss = ordinal + prototype at the current parameters; A and B steps;
+  then psi trained toward d loss / d z (d prob for the estimator) held constant."""
+  def loss_fn(theta, phi, dz, dprob):
+    z, theta_stats = models.extract(theta, stats["theta"], x, train=True)
+    z = z + dz
+    out, final = models.estimate(phi, z, lstm0, head=s.head)
+    prob = out.prob + dprob
+    ordloss = _ordinal(s, out, t, valid, prob=prob)
+    fewloss = losses.prototype_loss(z, prototype) if s.prototype else jnp.zeros((), z.dtype)
+    return ordloss + fewloss, (z, prob, theta_stats, final, ordloss, fewloss)
+
+  n, tt = x.shape[:2]
+  zeros_z = jnp.zeros((n, tt, models.FEATURES), x.dtype)
+  zeros_p = jnp.zeros((n, tt, models.NUM_LEVELS), x.dtype)
+  (_, (z, prob, theta_stats, final, ordloss, fewloss)), (g_theta, g_phi, g_z, g_p) = (
+      jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3), has_aux=True)(
+          params["theta"], params["phi"], zeros_z, zeros_p))
+  tx = _sgd(s, s.lr)
+  theta, opt_theta = optim.step(tx, g_theta, _with_lr(opt_state["theta"], lr), params["theta"])
+  phi, opt_phi = optim.step(tx, g_phi, _with_lr(opt_state["phi"], lr), params["phi"])
+  opt_state = dict(opt_state, theta=opt_theta, phi=opt_phi)
+  psi_stats, psi = stats["psi"], params["psi"]
+  gradloss = jnp.zeros((), x.dtype)
+  if train_psi:
+    if s.head != "reference":
+      g_p = _prob_target_grad(s, prob, t, valid)
+    pairs = {"extractor": [(z, g_z)], "estimator": [(prob, g_p)],
+             "both": [(prob, g_p), (z, g_z)]}[s.position]
+
+    def psi_loss(psi):
+      outs, new_stats = _psi_calls(psi, stats["psi"], [inp for inp, _ in pairs])
+      total = sum(losses.synthetic_gradient_loss(o, g) for o, (_, g) in zip(outs, pairs))
+      return total, new_stats
+
+    (gradloss, psi_stats), g_psi = jax.value_and_grad(psi_loss, has_aux=True)(psi)
+    psi, opt_psi = optim.step(tx, g_psi, _with_lr(opt_state["psi"], lr), psi)
+    opt_state = dict(opt_state, psi=opt_psi)
+  params = {"theta": theta, "phi": phi, "psi": psi}
+  stats = {"theta": theta_stats, "psi": psi_stats}
+  return params, stats, opt_state, final, {"ordloss": ordloss, "fewloss": fewloss,
+                                           "gradloss": gradloss}
+
+
+def _with_lr(opt_state, lr):
+  return optim.set_learning_rate(opt_state, lr)
+
+
+def _prototype_update(s, params, stats, prototype, lstm_state, x):
+  """The original's update_prototype: estimator from (h, c), mean features and final state
+  replace (first update: prototype all zero) or enter a 0.8/0.2 running average."""
+  n = x.shape[0]
+  lstm0 = _initial_lstm_state(s, lstm_state, n)
+  z, theta_stats = models.extract(params["theta"], stats["theta"], x, train=True)
+  out, (h_new, c_new) = models.estimate(params["phi"], z, lstm0, head=s.head)
+  psi_stats = stats["psi"]
+  if s.psi_in_prototype_update:
+    inputs = {"extractor": [z], "estimator": [out.prob], "both": [z, out.prob]}[s.position]
+    _, psi_stats = _psi_calls(params["psi"], psi_stats, inputs)
+  proto_new = jnp.mean(z, axis=(0, 1))
+  h, c = lstm_state
+  if s.prototype:
+    first = jnp.sum(prototype) == 0
+  else:
+    first = jnp.all(h == 0) & jnp.all(c == 0)
+  m = s.proto_momentum
+
+  def mix(old, new):
+    return jnp.where(first, new, m * old + (1 - m) * new)
+
+  if s.prototype:
+    prototype = mix(prototype, proto_new)
+  lstm_state = (mix(h, h_new), mix(c, c_new))
+  return prototype, lstm_state, {"theta": theta_stats, "psi": psi_stats}
+
+
+def update_prototype(config, state: TrainState, x: jax.Array) -> TrainState:
+  """The prototype and LSTM-state update on windows f32[N, T, H, W, C] (N = the state's)."""
+  s = settings(config)
+  prototype, lstm_state, stats = _prototype_update(s, state.params, state.batch_stats,
+                                                   state.prototype, state.lstm_state, x)
+  return state.replace(prototype=prototype, lstm_state=lstm_state, batch_stats=stats)
+
+
+def _check_batch(s: Settings, state: TrainState, batch: Mapping[str, jax.Array]):
+  x, t = batch["x"], batch["targets"]
+  if x.ndim != 6 or x.shape[1] != 3:
+    raise DataError(f"batch 'x' has shape {list(x.shape)}: expected [N, 3, T, H, W, C]")
+  if t.shape != x.shape[:3]:
+    raise DataError(f"batch 'targets' has shape {list(t.shape)}: expected {list(x.shape[:3])}")
+  if s.test_in_step:
+    for key in ("test_x", "test_targets"):
+      if key not in batch:
+        raise DataError(f"config.meta.test_in_step is on but the batch has no {key!r}")
+    q = batch["test_x"].shape[0] - s.fewshots
+    if q < 1:
+      raise DataError(f"batch 'test_x' holds {batch['test_x'].shape[0]} windows: needs "
+                      f"fewshots ({s.fewshots}) support windows and at least one query")
+  if s.lstm_state_rule == "given" and state.lstm_state[0].shape[1] != x.shape[0]:
+    raise DataError(f"the batch holds {x.shape[0]} tasks but the state's LSTM state is for "
+                    f"{state.lstm_state[0].shape[1]}")
+
+
+def _meta_train_step(s: Settings, trace: bool, state: TrainState, batch):
+  _check_batch(s, state, batch)
+  x, t = batch["x"], batch["targets"]
+  valid = batch.get("valid")
+  if valid is None:
+    valid = jnp.ones(x.shape[:2], bool)
+  n = x.shape[0]
+  lr = _lr(s, s.lr, state.epoch).astype(x.dtype)
+  adapt_lr = _lr(s, s.adapt_lr, state.epoch).astype(x.dtype)
+  params, stats, opt_state = state.params, state.batch_stats, state.opt_state
+  lstm = _initial_lstm_state(s, state.lstm_state, n)
+  metrics, rec = {}, {}
+
+  def next_lstm(final, lstm):
+    return final if s.carry_lstm_state else lstm
+
+  if s.meta_learning:
+    # Adaptation phase on window 0.
+    x0, t0, v0 = x[:, 0], t[:, 0], valid[:, 0]
+    if s.supervised_adapt_step:
+      theta, theta_stats, opt_theta, final, ordloss, fewloss = _supervised_step(
+          s, params, stats, _with_lr(opt_state["theta"], lr), state.prototype, x0, t0, v0,
+          lstm)
+      params = dict(params, theta=theta)
+      stats = dict(stats, theta=theta_stats)
+      opt_state = dict(opt_state, theta=opt_theta)
+      lstm = next_lstm(final, lstm)
+      metrics.update({"adapt/ordloss": ordloss, "adapt/fewloss": fewloss})
+      rec["adapt/sup/params"] = params
+    if s.synthetic_gradient:
+      if s.inner_mode == "joint":
+        params, stats, opt_adapt, lstm, last = _sg_adaptation(
+            s, params, stats, _with_lr(opt_state["adapt"], adapt_lr), x0, lstm)
+        opt_state = dict(opt_state, adapt=opt_adapt)
+        rec["adapt/synthetic_grad"] = last
+      rec["adapt/params"], rec["adapt/stats"] = params, stats
+    learn_windows = (1, 2)
+  else:
+    learn_windows = (0, 1, 2)
+
+  # Learning phase.
+  per_term = []
+  for k in learn_windows:
+    params, stats, opt_state, final, terms = _learning_step(
+        s, params, stats, opt_state, state.prototype, x[:, k], t[:, k], valid[:, k], lstm, lr,
+        train_psi=s.meta_learning and s.synthetic_gradient)
+    lstm = next_lstm(final, lstm)
+    per_term.append(terms)
+    for name, value in terms.items():
+      metrics[f"learn{k}/{name}"] = value
+  rec["learn2/params"], rec["learn2/stats"] = params, stats
+  for name in ("ordloss", "fewloss", "gradloss"):
+    metrics[name] = sum(p[name] for p in per_term) / len(per_term)
+  metrics["loss"] = metrics["ordloss"] + metrics["fewloss"]
+
+  # The original's transductive test inside the step: it moves psi's batch statistics.
+  if s.test_in_step:
+    test_x, test_t = batch["test_x"], batch["test_targets"]
+    theta, theta_stats, psi_stats, proto_losses = _adapt(
+        s, params["theta"], stats["theta"], params["psi"], stats["psi"], state.prototype,
+        test_x[:s.fewshots])
+    stats = dict(stats, psi=psi_stats)
+    queries = test_x[s.fewshots:]
+    out, theta_stats = _predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats},
+                                queries, _initial_lstm_state(s, state.lstm_state,
+                                                             queries.shape[0]),
+                                head=s.head, train=True)
+    if s.lstm_state_rule == "given" and s.head == "reference":
+      # The original's (misaligned) test loss: query 0 against support window 0's target.
+      metrics["test/ordloss"] = losses.ordinal_loss_from_prob(out.prob[:1], test_t[:1],
+                                                              s.head)
+    else:
+      metrics["test/ordloss"] = _ordinal(s, out, test_t[s.fewshots:], None)
+    rec.update({"test/theta": theta, "test/theta_stats": theta_stats,
+                "test/psi_stats": psi_stats, "test/proto_losses": proto_losses,
+                "test/prob": out.prob, "test/decision": out.decision,
+                "test/ordloss": metrics["test/ordloss"]})
+
+  # Prototype and LSTM-state update on window 0.
+  prototype, lstm_state, stats = _prototype_update(s, params, stats, state.prototype,
+                                                   state.lstm_state, x[:, 0])
+  metrics["lr"], metrics["adapt_lr"] = lr, adapt_lr
+  metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats,
+                            opt_state=_lr_recorded(opt_state, lr, adapt_lr),
+                            prototype=prototype, lstm_state=lstm_state)
+  if trace:
+    metrics["trace"] = rec
+  return new_state, metrics
+
+
+def _lr_recorded(opt_state, lr, adapt_lr):
+  """Store the rates the step used in every optimizer state (checkpoints show them)."""
+  out = {k: _with_lr(v, lr) for k, v in opt_state.items() if k != "adapt"}
+  out["adapt"] = _with_lr(opt_state["adapt"], adapt_lr)
+  return out
+
+
+def make_meta_train_step(config, *, trace: bool = False):
+  """`step(state, batch) -> (state, metrics)`: one outer iteration, jitted once, the state's
+  buffers donated (do not use the state passed in afterwards). trace=True adds
+  metrics["trace"]: every stage's parameters and statistics (for the reference check)."""
+  s = settings(config)
+  return jax.jit(functools.partial(_meta_train_step, s, trace), donate_argnums=0)
