@@ -4,7 +4,8 @@
   NaN/inf written as null (strict JSON) and read back as NaN.
 - `write_report_md`: title, notes, one comparison table a split (methods as rows), figures.
 - Plots (PNG): `plot_signal`, `plot_spectrum`, `plot_bland_altman`, `plot_training_curves`.
-- `heatmap_animation`: the original README's visualisation as an animated GIF.
+- `heatmap_animation`: the original README's visualisation as an animated GIF (blitted frames,
+  one shared palette: seconds, not minutes, for a 10 s video).
 
 Figures are drawn with matplotlib's object API on the Agg canvas (`matplotlib.figure.Figure`),
 so nothing here touches pyplot's global state or needs a display. Every writer creates the
@@ -19,9 +20,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import uuid
 
 import matplotlib
-from matplotlib import animation
 from matplotlib import figure as mpl_figure
+from matplotlib.backends import backend_agg
 import numpy as np
+from PIL import Image
 
 from metarppg_jax import errors
 from metarppg_jax import heart_rate
@@ -345,7 +347,8 @@ def heatmap_animation(path: PathLike, crops, saliency_before, saliency_after, si
   frames = np.arange(0, num, step)
   t = np.arange(num) / fps
 
-  fig = mpl_figure.Figure(figsize=(9, 6))
+  fig = mpl_figure.Figure(figsize=(9, 6), dpi=60)
+  canvas = backend_agg.FigureCanvasAgg(fig)
   grid = fig.add_gridspec(2, 3, height_ratios=(1.1, 1))
   image_axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
   images = []
@@ -373,15 +376,33 @@ def heatmap_animation(path: PathLike, crops, saliency_before, saliency_after, si
   fig.suptitle(f"HR predicted {hr_pred:.1f} bpm, true {hr_true:.1f} bpm")
   fig.tight_layout()
 
-  writer = animation.PillowWriter(fps=max(fps / step, 1.0))
+  # Blitting: the axes, labels, curves and spectrum are drawn once; each frame redraws only
+  # the images, overlays and cursor (an order of magnitude faster than a full draw a frame).
+  dynamic = [*images, *overlays, cursor]
+  for artist in dynamic:
+    artist.set_animated(True)
+  canvas.draw()
+  background = canvas.copy_from_bbox(fig.bbox)
+  rendered = []
+  for i in frames:
+    canvas.restore_region(background)
+    for im in images:
+      im.set_data(crops[i])
+    for ov, s in zip(overlays, sal):
+      ov.set_data(s[i])
+    cursor.set_xdata([t[i], t[i]])
+    for artist in dynamic:
+      artist.axes.draw_artist(artist)
+    rendered.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+  # One 256-colour palette from a few frames, shared by all: PIL's per-frame median-cut
+  # quantisation (what PillowWriter does) took seconds a frame.
+  sample = np.concatenate(rendered[::max(1, len(rendered) // 6)], axis=0)
+  palette = Image.fromarray(sample).quantize(256, method=Image.Quantize.FASTOCTREE)
+  gif = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE)
+         for f in rendered]
 
   def write(tmp):
-    with writer.saving(fig, tmp, dpi=60):
-      for i in frames:
-        for im in images:
-          im.set_data(crops[i])
-        for ov, s in zip(overlays, sal):
-          ov.set_data(s[i])
-        cursor.set_xdata([t[i], t[i]])
-        writer.grab_frame()
+    gif[0].save(tmp, format="GIF", save_all=True, append_images=gif[1:], loop=0,
+                duration=max(20, int(round(1000 * step / fps))))
   return _write_atomic(path, write)
