@@ -233,8 +233,9 @@ def levels_to_signal(outputs, *, kind: Literal["prob", "decision"] = "prob") -> 
   """The rPPG signal (in target levels 0..39) from the ordinal head's outputs.
 
   kind="prob": `outputs` is prob f[..., T, L] (P(signal above level k)); the signal is the
-    expected level `sum_k p_k - 1`, continuous and differentiable-looking, much finer than the
-    decision (the default for heart rate).
+    expected level `sum_k p_k - 1`: continuous, so much finer than the decision (the default
+    for heart rate). With the `reference` head, pairs of negative logits give p_k = 0.5
+    exactly (the clamp), which compresses the signal but keeps it monotone in the logits.
   kind="decision": `outputs` is decision i[..., T] in 0..L; the signal is
     `losses.decision_to_level(decision)` = clip(decision - 1, 0, L - 1).
   The `- 1`: the ordinal loss counts levels k <= t as "above" (t + 1 of them), so a perfect
