@@ -6,6 +6,8 @@ import pytest
 from metarppg_jax import baselines
 from metarppg_jax import errors
 from metarppg_jax import heart_rate
+from metarppg_jax.data import preprocess
+from metarppg_jax.data import synthetic
 
 FPS = 30.0
 SKIN = np.array([180.0, 130.0, 100.0])          # mean skin colour (R, G, B), 8-bit scale
@@ -107,3 +109,18 @@ def test_bad_inputs_raise_project_errors():
     baselines.ica(rgb[:2], FPS)
   with pytest.raises(errors.DataError, match="fps"):
     baselines.pos(rgb, -1.0)
+
+
+@pytest.mark.slow
+def test_methods_on_the_projects_clean_synthetic_videos():
+  """End to end with the real signal path: generator -> face crops and skin masks ->
+  masked_rgb_means -> each method -> hr_estimate, against the HR of the ground-truth PPG."""
+  rgb, ppg = [], []
+  for seed in range(3):
+    video, crops = synthetic.generate_face_crops(seed, seconds=10.0, fps=FPS, domain="clean")
+    rgb.append(preprocess.masked_rgb_means(crops.crops, crops.masks))
+    ppg.append(video.ppg)
+  rgb, true = np.stack(rgb), heart_rate.hr_estimate(np.stack(ppg), FPS)
+  for method in baselines.METHODS:
+    est = heart_rate.hr_estimate(baselines.rppg_signal(method, rgb, FPS), FPS)
+    assert np.max(np.abs(est - true)) < 1.5, (method, est, true)
