@@ -39,8 +39,8 @@ Method = Literal["fft", "welch"]
 # Input checks
 # --------------------------------------------------------------------------------------------
 
-def _as_signal(sig, min_len: int, what: str = "signal") -> np.ndarray:
-  x = np.asarray(sig, dtype=np.float64)
+def _as_signal(sig, min_len: int, what: str = "signal", dtype=np.float64) -> np.ndarray:
+  x = np.asarray(sig, dtype=dtype)
   if x.ndim == 0 or x.shape[-1] < min_len:
     raise errors.DataError(
         f"{what} of shape {np.shape(sig)} is too short: need at least {min_len} samples on the "
@@ -80,7 +80,10 @@ def hr_reference(sig, fps: float = 30.0) -> np.ndarray:
   the pulse gives a low HR, which is what the original reported.
   """
   fps = _check_fps(fps)
-  x = _as_signal(sig, 2)
+  x = np.asarray(sig)
+  # The original subtracts the mean in the input's own precision (float32 from torch), then
+  # the float64 window promotes: keep that order so float32 inputs match it exactly too.
+  x = _as_signal(x, 2, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
   n = x.shape[-1]
   if x.size == 0:
     return np.zeros(x.shape[:-1])

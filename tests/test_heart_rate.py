@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import signal as sps
 
 from metarppg_jax import errors
 from metarppg_jax import heart_rate
@@ -22,6 +23,16 @@ def test_hr_reference_matches_original_exactly(reference_dir, n, fps):
   np.testing.assert_array_equal(heart_rate.hr_reference(sig, fps), bpm)
   # The original is a 1-D function: the batched call is the same row by row.
   np.testing.assert_array_equal([heart_rate.hr_reference(s, fps) for s in sig], bpm)
+
+
+def test_hr_reference_float32_follows_the_originals_precision(reference_dir):
+  sig = np.load(reference_dir / "get_bpm_ref.npz")["sig_60_30"].astype(np.float32)
+  for row in sig:                  # the original's steps, one 1-D float32 signal at a time
+    x = (row - np.mean(row)) * sps.windows.hann(row.size)
+    f, pxx = sps.welch(x, 30.0, nperseg=row.size)
+    assert heart_rate.hr_reference(row, 30.0) == round(f[np.argmax(pxx)] * 60.0)
+  ramp = np.arange(60) % 7                                            # integers work too
+  assert heart_rate.hr_reference(ramp, 30.0) == heart_rate.hr_reference(ramp * 1.0, 30.0)
 
 
 def test_hr_reference_keeps_batch_axes(reference_dir):
