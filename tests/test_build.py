@@ -11,7 +11,10 @@ import tensorflow_datasets as tfds
 
 from metarppg_jax.data import build
 from metarppg_jax.data import synthetic
+from metarppg_jax.data.builders import base
 from metarppg_jax.errors import DataError
+
+VERSION = str(base.RppgBuilder.VERSION)
 
 
 def run_cli(*args, timeout=240):
@@ -38,12 +41,12 @@ def test_cli_builds_and_lists_skips(ubfc_manual, tmp_path):
   assert "subject2: unreadable file" in result.stdout
   assert "ubfc_rppg: videos" in result.stderr   # progress bar
   # Readable without the builder class; one subject, whichever split it fell in.
-  builder = tfds.builder_from_directory(str(tmp_path / "ubfc_rppg" / "default" / "1.0.0"))
+  builder = tfds.builder_from_directory(str(tmp_path / "ubfc_rppg" / "default" / VERSION))
   (split, info), = builder.info.splits.items()
   assert info.num_examples == 1 and f"{{'{split}': 1}}" in result.stdout
   record = builder.as_data_source(split=split)[0]
   assert record["frames"].shape == (75, 64, 64, 3)
-  with open(tmp_path / "ubfc_rppg" / "default" / "1.0.0" / "skipped.json") as f:
+  with open(tmp_path / "ubfc_rppg" / "default" / VERSION / "skipped.json") as f:
     assert [s["video_id"] for s in json.load(f)] == ["subject2"]
 
 
@@ -57,7 +60,8 @@ def test_cli_fails_clearly_when_nothing_is_usable(tmp_path):
   assert "error: ubfc_rppg: no usable videos" in result.stderr
   assert "subject7: ground truth missing" in result.stderr
   assert "Traceback" not in result.stderr
-  assert not (tmp_path / "d" / "ubfc_rppg" / "default" / "1.0.0").exists()
+  config_dir = tmp_path / "d" / "ubfc_rppg" / "default"
+  assert not config_dir.exists() or not list(config_dir.iterdir())   # nothing half-written
 
 
 def test_library_errors(tmp_path):
@@ -79,8 +83,8 @@ def test_load_dataset_builds_synthetic_on_first_use(tmp_path):
   assert {k: len(v) for k, v in sources.items()} == {"train": 3, "validation": 1, "test": 2}
   record = sources["test"][0]
   assert record["frames"].shape == (210, 64, 64, 3) and record["domain"] == b"shifted"
-  stamp = os.path.getmtime(tmp_path / "synthetic_rppg" / "tiny" / "1.0.0" / "dataset_info.json")
+  stamp = os.path.getmtime(tmp_path / "synthetic_rppg" / "tiny" / VERSION / "dataset_info.json")
   again = build.load_dataset("synthetic_rppg", str(tmp_path), "tiny")   # reused, not rebuilt
   assert os.path.getmtime(
-      tmp_path / "synthetic_rppg" / "tiny" / "1.0.0" / "dataset_info.json") == stamp
+      tmp_path / "synthetic_rppg" / "tiny" / VERSION / "dataset_info.json") == stamp
   np.testing.assert_array_equal(again["test"][0]["ppg"], record["ppg"])

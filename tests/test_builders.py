@@ -18,6 +18,8 @@ from metarppg_jax.data.builders import base
 from metarppg_jax.data.builders import mahnob_hci
 from metarppg_jax.errors import DataError
 
+VERSION = str(base.RppgBuilder.VERSION)
+
 SIZE = (96, 96)
 
 
@@ -154,7 +156,8 @@ def test_ubfc_nothing_usable_is_a_data_error(tmp_path):
   write_ubfc2_gt(manual / "subject1", np.zeros(3), np.zeros(3), np.arange(3))
   with pytest.raises(DataError, match="(?s)no usable videos.*subject1: unreadable file"):
     build.build_dataset("ubfc_rppg", data_dir=str(tmp_path / "d"), manual_dir=str(manual))
-  assert not os.path.exists(tmp_path / "d" / "ubfc_rppg" / "default" / "1.0.0")
+  config_dir = tmp_path / "d" / "ubfc_rppg" / "default"
+  assert not config_dir.exists() or not list(config_dir.iterdir())   # nothing half-written
   (tmp_path / "empty").mkdir()
   with pytest.raises(DataError, match="no videos found"):
     build.build_dataset("ubfc_rppg", data_dir=str(tmp_path / "d"),

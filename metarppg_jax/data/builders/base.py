@@ -77,11 +77,16 @@ def skip_on_error(reason: str):
 
 
 def features() -> tfds.features.FeaturesDict:
+  # Raw bytes: the default encoding stores every value as a protobuf varint, ~30x slower to
+  # read (0.65 s instead of 0.02 s for a 20 s video).
+  raw = tfds.features.Encoding.BYTES
   return tfds.features.FeaturesDict({
-      "frames": tfds.features.Tensor(shape=(None, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8),
-      "mask": tfds.features.Tensor(shape=(None, CROP_SIZE, CROP_SIZE), dtype=np.uint8),
-      "ppg": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-      "hr": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+      "frames": tfds.features.Tensor(shape=(None, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8,
+                                     encoding=raw),
+      "mask": tfds.features.Tensor(shape=(None, CROP_SIZE, CROP_SIZE), dtype=np.uint8,
+                                   encoding=raw),
+      "ppg": tfds.features.Tensor(shape=(None,), dtype=np.float32, encoding=raw),
+      "hr": tfds.features.Tensor(shape=(None,), dtype=np.float32, encoding=raw),
       "has_ppg": tfds.features.Scalar(dtype=np.bool_),
       "has_hr": tfds.features.Scalar(dtype=np.bool_),
       "fps": tfds.features.Scalar(dtype=np.float32),
@@ -270,8 +275,9 @@ def _check_example(ex: dict, item: Item) -> None:
 class RppgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the rPPG builders (not registered itself)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "Tensors stored as raw bytes (30x faster to read)."}
   BUILDER_CONFIGS = [RppgConfig(name="default")]
   DOMAIN = ""
   USES_MANUAL_DIR = True
