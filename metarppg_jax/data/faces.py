@@ -6,9 +6,10 @@ holds them before the first / after the last), smooths them over time, makes the
 `enlarge` times larger, moves them inside the frame, then crops and resizes (INTER_AREA) every
 frame to `size x size` and computes a skin mask.
 
-The skin mask is the classic YCrCb box (Chai & Ngan 1999: 133 <= Cr <= 173, 77 <= Cb <= 127),
-computed by one OpenCV colour conversion over all frames at once. It is inclusive across skin
-tones and excludes hair, eyes, background and most clothing.
+The skin mask (`skin_mask`) is a YCrCb colour model inside an elliptic face prior, computed by
+one OpenCV colour conversion over all frames at once: by default adapted to the video (the
+median colour of the face's centre, so dark skin in dim or tinted light is kept), or the
+classic fixed box (Chai & Ngan 1999: 133 <= Cr <= 173, 77 <= Cb <= 127).
 
 `crop_boxes` and `skin_mask` are the two halves without detection, for callers that know the
 face box (the synthetic generator's fast path).
@@ -25,6 +26,8 @@ CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_MAX_SIDE = 320        # detection runs on frames downscaled to this longer side
 CR_RANGE = (133, 173)
 CB_RANGE = (77, 127)
+ADAPTIVE_CHROMA = 10          # |Cr - Cr_face|, |Cb - Cb_face| of skin, in 8-bit units
+ADAPTIVE_LUMA = (0.6, 1.5)    # skin luma relative to the face's median
 
 
 class FaceCrops(NamedTuple):
@@ -109,40 +112,86 @@ def square_boxes(centers: np.ndarray, sides: np.ndarray, height: int, width: int
 
 
 def crop_boxes(frames: np.ndarray, boxes: np.ndarray, size: int = 64) -> np.ndarray:
-  """Crops boxes (x, y, w, h) from frames and resizes them (INTER_AREA): uint8[T, size, size, 3]."""
+  """Crops square boxes (x, y, w, h) from frames at sub-pixel positions: uint8[T, size, size, 3].
+
+  The whole-pixel region around each box is downscaled with INTER_AREA (no aliasing), then
+  shifted and scaled by the fractional remainder with a bilinear warp. Cropping at rounded
+  positions instead makes the crop jump by whole source pixels as the head moves, and those
+  jumps show up in the skin colour trace at the rate of the motion.
+  """
   t, height, width = frames.shape[:3]
-  b = np.rint(np.asarray(boxes, np.float64)).astype(np.int64)
-  x0 = np.clip(b[:, 0], 0, width - 1)
-  y0 = np.clip(b[:, 1], 0, height - 1)
-  x1 = np.clip(b[:, 0] + np.maximum(b[:, 2], 1), x0 + 1, width)
-  y1 = np.clip(b[:, 1] + np.maximum(b[:, 3], 1), y0 + 1, height)
+  b = np.asarray(boxes, np.float64)
+  side = np.clip(np.maximum(b[:, 2], b[:, 3]), 1.0, min(height, width))
+  region = np.minimum(np.ceil(side).astype(np.int64) + 1, min(height, width))
+  x0 = np.clip(np.floor(b[:, 0]).astype(np.int64), 0, width - region)
+  y0 = np.clip(np.floor(b[:, 1]).astype(np.int64), 0, height - region)
+  # Size the region is resized to: the box's scale, whole pixels, at least `size`.
+  resized = np.maximum(np.ceil(region * size / side).astype(np.int64), size)
   out = np.empty((t, size, size, 3), np.uint8)
   for i in range(t):
-    out[i] = cv2.resize(frames[i, y0[i]:y1[i], x0[i]:x1[i]], (size, size),
-                        interpolation=cv2.INTER_AREA)
+    r, n = int(region[i]), int(resized[i])
+    patch = cv2.resize(frames[i, y0[i]:y0[i] + r, x0[i]:x0[i] + r], (n, n),
+                       interpolation=cv2.INTER_AREA)
+    k = n / r                                   # resized pixels per source pixel
+    m = np.array([[side[i] / size * k, 0, (b[i, 0] - x0[i]) * k],
+                  [0, side[i] / size * k, (b[i, 1] - y0[i]) * k]])
+    out[i] = cv2.warpAffine(patch, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_REPLICATE)
   return out
 
 
-def skin_mask(crops: np.ndarray, *, ellipse: tuple[float, float] | None = None) -> np.ndarray:
-  """YCrCb skin mask of RGB images: uint8[..., H, W, 3] -> uint8[..., H, W] in {0, 1}.
+def _box_blur3(x: np.ndarray) -> np.ndarray:
+  """3x3 mean over the two axes before the last, edges replicated: f[..., H, W, C]."""
+  pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+  p = np.pad(x, pad, mode="edge")
+  h, w = x.shape[-3:-1]
+  rows = p[..., :h, :, :] + p[..., 1:h + 1, :, :] + p[..., 2:h + 2, :, :]
+  return (rows[..., :w, :] + rows[..., 1:w + 1, :] + rows[..., 2:w + 2, :]) / 9.0
+
+
+def _ellipse(height: int, width: int, semi_axes: tuple[float, float]) -> np.ndarray:
+  """bool[H, W]: inside the centred ellipse with semi-axes as fractions of (W, H)."""
+  y = (np.arange(height) + 0.5) / height - 0.5
+  x = (np.arange(width) + 0.5) / width - 0.5
+  return (x[None, :] / semi_axes[0]) ** 2 + (y[:, None] / semi_axes[1]) ** 2 <= 1.0
+
+
+def skin_mask(crops: np.ndarray, *, ellipse: tuple[float, float] | None = None,
+              adaptive: bool = True) -> np.ndarray:
+  """Skin mask of face crops: uint8[T, H, W, 3] RGB -> uint8[T, H, W] in {0, 1}.
+
+  Colours are 3x3-averaged first (sensor noise and JPEG blocks scatter single pixels).
+
+  adaptive=True (default): the skin colour is learnt from the crops themselves, as the median
+  (Y, Cr, Cb) over all frames of the central face region (half the face prior); skin is
+  chroma within `ADAPTIVE_CHROMA` of it and luma within `ADAPTIVE_LUMA` times it. This
+  follows skin tone, illumination level and colour temperature, where fixed thresholds lose
+  dark skin in dim or tinted light.
+  adaptive=False: the fixed YCrCb box of Chai & Ngan (CR_RANGE, CB_RANGE).
 
   Args:
-    crops: uint8[..., H, W, 3] RGB.
-    ellipse: optional face prior, semi-axes (horizontal, vertical) as fractions of W and H of
-      an ellipse centred in the image; pixels outside it are not skin. Skin-coloured hair,
-      walls and necks at the crop's corners are dropped this way.
+    crops: uint8[T, H, W, 3] RGB (one video; adaptive statistics are taken over all of it).
+    ellipse: face prior, semi-axes (horizontal, vertical) as fractions of W and H of an
+      ellipse centred in the crop; pixels outside it are not skin (hair, walls, necks at the
+      crop's corners). None: no prior (and the adaptive centre is the middle half).
+    adaptive: see above.
   """
-  shape = crops.shape[:-1]
-  flat = np.ascontiguousarray(crops.reshape(-1, shape[-1], 3))
-  ycrcb = cv2.cvtColor(flat, cv2.COLOR_RGB2YCrCb).reshape(crops.shape)
-  cr, cb = ycrcb[..., 1], ycrcb[..., 2]
-  skin = ((cr >= CR_RANGE[0]) & (cr <= CR_RANGE[1]) & (cb >= CB_RANGE[0]) & (cb <= CB_RANGE[1]))
-  if ellipse is not None:
-    height, width = shape[-2:]
-    y = (np.arange(height) + 0.5) / height - 0.5
-    x = (np.arange(width) + 0.5) / width - 0.5
-    inside = (x[None, :] / ellipse[0]) ** 2 + (y[:, None] / ellipse[1]) ** 2 <= 1.0
-    skin &= inside
+  t, height, width = crops.shape[:3]
+  smooth = _box_blur3(crops.astype(np.float32)).astype(np.uint8)
+  flat = np.ascontiguousarray(smooth.reshape(-1, width, 3))
+  ycrcb = cv2.cvtColor(flat, cv2.COLOR_RGB2YCrCb).reshape(crops.shape).astype(np.int16)
+  luma, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]
+  prior = _ellipse(height, width, ellipse) if ellipse is not None else None
+  if adaptive:
+    inner = _ellipse(height, width, (ellipse[0] / 2, ellipse[1] / 2) if ellipse else (0.25, 0.25))
+    ref = np.median(ycrcb[:, inner].reshape(-1, 3), axis=0)
+    skin = ((np.abs(cr - ref[1]) <= ADAPTIVE_CHROMA) & (np.abs(cb - ref[2]) <= ADAPTIVE_CHROMA)
+            & (luma >= ADAPTIVE_LUMA[0] * ref[0]) & (luma <= ADAPTIVE_LUMA[1] * ref[0] + 8))
+  else:
+    skin = ((cr >= CR_RANGE[0]) & (cr <= CR_RANGE[1]) & (cb >= CB_RANGE[0])
+            & (cb <= CB_RANGE[1]))
+  if prior is not None:
+    skin &= prior
   return skin.astype(np.uint8)
 
 

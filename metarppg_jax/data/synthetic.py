@@ -49,6 +49,7 @@ from metarppg_jax.data import video as video_lib
 PBV = np.array([0.33, 0.77, 0.53], np.float32)   # blood-volume pulse direction in RGB
 HR_RANGE = (45.0, 150.0)
 ASTRONAUT_FACE = (177.0, 66.0, 95.0, 95.0)       # Haar box of skimage.data.astronaut(), 512 px
+OPTICAL_BLUR = 1.0                               # Gaussian sigma, output pixels
 HAIR_COLORS = np.array([[20, 16, 14], [45, 32, 24], [70, 48, 32], [105, 72, 45],
                         [150, 110, 70], [120, 55, 30], [130, 130, 130]], np.float64)
 
@@ -84,10 +85,10 @@ DOMAINS = {
                      flicker=(0.0, 0.002), translation=0.02, rotation=2.0, scale=0.02,
                      read_noise=(0.5, 1.5), shot_noise=(0.02, 0.08), jpeg=(90, 97),
                      jpeg_probability=0.5),
-    "shifted": Domain(hr=(45, 150), amplitude=(0.001, 0.005), melanin=(0.4, 1.0), photo=0.3,
+    "shifted": Domain(hr=(45, 150), amplitude=(0.002, 0.006), melanin=(0.4, 1.0), photo=0.3,
                       light=(0.45, 0.8), light_drift=0.15, temperature=(-0.8, 0.8),
-                      flicker=(0.002, 0.01), translation=0.05, rotation=6.0, scale=0.05,
-                      read_noise=(1.5, 3.0), shot_noise=(0.08, 0.2), jpeg=(70, 90),
+                      flicker=(0.001, 0.005), translation=0.03, rotation=4.0, scale=0.03,
+                      read_noise=(1.0, 2.5), shot_noise=(0.05, 0.15), jpeg=(80, 95),
                       jpeg_probability=1.0),
 }
 DOMAIN_IDS = {"clean": 0, "source": 1, "shifted": 2}
@@ -129,7 +130,7 @@ def _smooth_path(rng: np.random.Generator, t: np.ndarray, max_amplitude: float) 
   """A smooth random path f64[T] in [-max_amplitude, max_amplitude]: three slow sinusoids."""
   if max_amplitude == 0:
     return np.zeros_like(t)
-  freqs = rng.uniform(0.03, 0.5, 3)
+  freqs = rng.uniform(0.03, 0.4, 3)
   phases = rng.uniform(0, 2 * np.pi, 3)
   weights = rng.dirichlet(np.ones(3))
   return max_amplitude * (weights[:, None] * np.sin(
@@ -154,7 +155,7 @@ def pulse_signal(rng: np.random.Generator, t: np.ndarray, hr_range: tuple[float,
   resp_rate = rng.uniform(0.15, 0.4)                       # Hz, 9..24 breaths a minute
   resp_phase = rng.uniform(0, 2 * np.pi)
   respiration = np.sin(2 * np.pi * resp_rate * t + resp_phase)
-  drift = rng.uniform(2, 8) * np.sin(2 * np.pi * t / rng.uniform(40, 120) + rng.uniform(0, 6.3))
+  drift = rng.uniform(1, 5) * np.sin(2 * np.pi * t / rng.uniform(40, 120) + rng.uniform(0, 6.3))
   rsa = rng.uniform(1, 4) * respiration                    # respiratory sinus arrhythmia
   b2b = rng.uniform(0.5, 2.0) * _smooth_noise(rng, n, 0.8 / dt)   # beat-to-beat variability
   hr = np.clip(hr0 + drift + rsa + b2b, *HR_RANGE)
@@ -193,7 +194,7 @@ def _rendered_face(rng: np.random.Generator, height: int, width: int, melanin: f
   s = min(height, width)
   cx = width / 2 + rng.uniform(-0.04, 0.04) * width
   cy = height * rng.uniform(0.48, 0.54)
-  a = s * rng.uniform(0.2, 0.25)                      # face half width
+  a = s * rng.uniform(0.15, 0.185)                    # face half width (box 2.6 a)
   b = a * rng.uniform(1.2, 1.4)                       # face half height
   skin = _skin_color(melanin) * rng.uniform(0.95, 1.05, 3)
   image = np.empty((height, width, 3), np.float32)
@@ -221,20 +222,21 @@ def _rendered_face(rng: np.random.Generator, height: int, width: int, melanin: f
   eye_dx = a * rng.uniform(0.36, 0.44)
   eye_y = cy - b * rng.uniform(0.15, 0.22)
   iris = tuple((rng.uniform(20, 90) * rng.uniform(0.5, 1.0, 3)).tolist())
+  brow = tuple(np.minimum(hair, skin * 0.45).tolist())    # brows darker than skin
   socket = np.zeros((height, width), np.float32)
   for side in (-1, 1):
     ell(socket, (cx + side * eye_dx, eye_y - 0.02 * b), (0.3 * a, 0.16 * b), 1.0)
-  # Eye sockets are in shadow: the dark eye band is what frontal-face detectors key on.
+  # Eye sockets are in shadow: the dark eye band is what frontal-face detectors key on (a
+  # bright sclera at this scale breaks it up and loses dark-skinned faces).
   image = image * (1 - 0.5 * _blur(socket, a / 10))[..., None]
   for side in (-1, 1):
     ex = cx + side * eye_dx
-    ell(image, (ex, eye_y), (0.17 * a, 0.06 * b), tuple(np.minimum(skin * 1.3, 200).tolist()))
     ell(mask, (ex, eye_y), (0.24 * a, 0.13 * b), 0.0)
     cv2.circle(image, (int(ex), int(eye_y)), max(int(0.1 * a), 1), iris, -1, cv2.LINE_AA)
     brow_y = eye_y - b * rng.uniform(0.11, 0.15)
     p0 = (int(ex - 0.25 * a), int(brow_y + side * 0.01 * b))
     p1 = (int(ex + 0.23 * a), int(brow_y - side * 0.01 * b))
-    cv2.line(image, p0, p1, tuple((hair * 0.8).tolist()), max(int(0.07 * a), 1), cv2.LINE_AA)
+    cv2.line(image, p0, p1, brow, max(int(0.08 * a), 1), cv2.LINE_AA)
     cv2.line(mask, p0, p1, 0.0, max(int(0.1 * a), 1))
   ell(image, (cx, cy + 0.1 * b), (0.13 * a, 0.2 * b), tuple((skin * 0.82).tolist()))
   lips = np.array([skin[0] * 0.8 + 30, skin[1] * 0.45, skin[2] * 0.5])
@@ -273,7 +275,8 @@ def _photo_face(rng: np.random.Generator, height: int, width: int, melanin: floa
                          borderMode=cv2.BORDER_REFLECT101)
   ellipse = (0.65 * sx * fw / width, 0.85 * sy * fh / height)
   inside = _ellipse_map(height, width, (tx, ty + 0.1 * sy * fh), ellipse)
-  skin = faces_lib.skin_mask(np.clip(image, 0, 255).astype(np.uint8)[None])[0] * inside
+  skin = faces_lib.skin_mask(np.clip(image, 0, 255).astype(np.uint8)[None], adaptive=False)[0]
+  skin = skin * inside
   skin = _blur(skin.astype(np.float32), s / 100)
   base_skin = np.array([226.0, 168.0, 140.0])             # the photo's own skin colour
   gain = _skin_color(melanin) / base_skin
@@ -327,6 +330,10 @@ def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str 
   # Perfusion varies over the face (forehead and cheeks strongest): a smooth map 0.5..1.5.
   perfusion = _blur(rng.standard_normal((height, width)).astype(np.float32), min(size) / 12)
   perfusion = 1 + 0.5 * np.tanh(perfusion / max(perfusion.std(), 1e-6))
+  # Camera optics: a point spread of ~1 pixel. It also keeps the image band-limited, so that
+  # the sub-pixel warps of head motion do not change the local sharpness from frame to frame
+  # (which would leak into the skin colour at the speed of the motion).
+  base = _blur(base, OPTICAL_BLUR)
   amplitude = rng.uniform(*d.amplitude)
   pulse_map = base * (skin * perfusion)[..., None] * (PBV / PBV[1]) * amplitude   # [H, W, 3]
   pulse = ppg - ppg.mean()
