@@ -31,6 +31,9 @@ import numpy as np
 from metarppg_jax.errors import DataError
 
 PathLike = str | os.PathLike
+# Decoded frames beyond this are refused before decoding (an 8K or hours-long video would
+# otherwise be killed for memory with no message); pass max_frames to read a part.
+MAX_DECODED_BYTES = 16 * 2 ** 30
 
 
 class Video(NamedTuple):
@@ -86,20 +89,24 @@ class _FrameBuffer:
     return self._array[:self.count].copy()
 
 
-def read_video(path: PathLike, *, max_frames: int | None = None) -> Video:
+def read_video(path: PathLike, *, max_frames: int | None = None,
+               max_bytes: int | None = MAX_DECODED_BYTES) -> Video:
   """Decodes a video file to RGB frames with timestamps from the stream's pts.
 
   Args:
     path: the video file.
     max_frames: decode at most this many frames from the start (memory bound for long or
       huge videos); None decodes all.
+    max_bytes: the most memory the decoded frames may take (uint8 RGB); None: no limit.
 
   Returns:
     `Video(frames uint8[T, H, W, 3], timestamps f64[T], fps, warnings)`.
 
   Raises:
-    DataError: missing/empty file, not a video, no video stream, no decodable frame, or
-      timestamps that cannot be made increasing. The message names the file.
+    DataError: missing/empty file, not a video, no video stream, no decodable frame,
+      decoded frames larger than `max_bytes`, or timestamps that cannot be made increasing.
+      The message names the file. A greyscale stream is decoded (as three equal channels)
+      with a warning.
   """
   path = pathlib.Path(path)
   _check_file(path)
@@ -119,11 +126,20 @@ def read_video(path: PathLike, *, max_frames: int | None = None) -> Video:
     capacity = declared if declared > 0 else 256
     if max_frames is not None:
       capacity = min(capacity, max_frames)
+    if max_bytes is not None and declared > 0:
+      _check_size(path, min(declared, max_frames or declared), stream.width, stream.height,
+                  max_bytes)
+    if (stream.codec_context.pix_fmt or "").startswith(("gray", "mono", "ya")):
+      warnings.append(f"{path}: greyscale video ({stream.codec_context.pix_fmt}): the three "
+                      "colour channels are equal, so the pulse is seen in brightness only")
     buffer = _FrameBuffer(capacity)
     pts = []
     time_base = stream.time_base
     try:
       for frame in container.decode(stream):
+        if max_bytes is not None:  # containers that declare no frame count
+          _check_size(path, buffer.count + 1, frame.width, frame.height, max_bytes,
+                      at_least=True)
         buffer.append(frame.to_ndarray(format="rgb24"))
         pts.append(frame.pts)
         if max_frames is not None and buffer.count >= max_frames:
@@ -148,6 +164,16 @@ def read_video(path: PathLike, *, max_frames: int | None = None) -> Video:
       raise DataError(f"{path}: one frame and no frame rate in the container")
     nominal = float(1.0 / np.median(np.diff(timestamps)))
   return Video(frames, timestamps, nominal, tuple(warnings))
+
+
+def _check_size(path, frames: int, width: int, height: int, max_bytes: int, *,
+                at_least: bool = False) -> None:
+  need = frames * width * height * 3
+  if need > max_bytes:
+    raise DataError(
+        f"{path}: {'at least ' if at_least else ''}{frames} frames of {width}x{height} need "
+        f"{need / 2 ** 20:.0f} MiB decoded, more than the {max_bytes / 2 ** 20:.0f} MiB allowed; "
+        "downscale the video (face crops are 64x64) or read part of it with max_frames")
 
 
 def _timestamps(path, pts, time_base, fps, warnings) -> np.ndarray:
