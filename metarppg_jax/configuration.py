@@ -272,10 +272,27 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True)
 
 
+def prepare_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+  """Creates the workdir if needed and checks that files can be written there.
+
+  Returns the absolute path. Raises ConfigError naming the workdir and the OS's reason (a
+  path below a regular file, a read-only or full disk, no permission) before any work.
+  """
+  path = pathlib.Path(workdir).absolute()
+  probe = path / f".write_test.{os.getpid()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise ConfigError(f"--workdir {path}: not writable ({e.strerror or e}: "
+                      f"{e.filename or path}); choose a folder you can write to") from None
+  return path
+
+
 def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
   """Writes the resolved config to WORKDIR/config.json; returns its path."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = prepare_workdir(workdir) / CONFIG_FILE
   path.write_text(to_json(config) + "\n")
   return path
 
