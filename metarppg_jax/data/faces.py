@@ -133,8 +133,11 @@ def crop_boxes(frames: np.ndarray, boxes: np.ndarray, size: int = 64) -> np.ndar
     patch = cv2.resize(frames[i, y0[i]:y0[i] + r, x0[i]:x0[i] + r], (n, n),
                        interpolation=cv2.INTER_AREA)
     k = n / r                                   # resized pixels per source pixel
-    m = np.array([[side[i] / size * k, 0, (b[i, 0] - x0[i]) * k],
-                  [0, side[i] / size * k, (b[i, 1] - y0[i]) * k]])
+    step = side[i] / size * k                   # resized pixels per output pixel
+    # Pixel centres at integer coordinates: output u <-> region (x - x0) + (u + 1/2) w/size
+    # - 1/2 source pixels <-> resized (that + 1/2) k - 1/2.
+    m = np.array([[step, 0, (b[i, 0] - x0[i]) * k + 0.5 * step - 0.5],
+                  [0, step, (b[i, 1] - y0[i]) * k + 0.5 * step - 0.5]])
     out[i] = cv2.warpAffine(patch, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                             borderMode=cv2.BORDER_REPLICATE)
   return out
