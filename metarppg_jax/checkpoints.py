@@ -317,6 +317,13 @@ def restore_path(path: str | os.PathLike, target: PyTree) -> Restored:
   return restored
 
 
+def target_state(config) -> PyTree:
+  """A freshly initialised TrainState of `config`: what checkpoints are restored onto."""
+  from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
+  return meta.create_train_state(config, jax.random.PRNGKey(config.seed),
+                                 num_tasks=config.data.tasks_per_batch)
+
+
 # --------------------------------------------------------------------------------------------
 # The original release's checkpoints.
 # --------------------------------------------------------------------------------------------

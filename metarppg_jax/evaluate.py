@@ -1,0 +1,430 @@
+"""Evaluation: every method on the same windows, metrics, report, plots, heat maps.
+
+`evaluate(config, workdir, state=None)` takes the first `meta.fewshots + eval.queries`
+consecutive windows of every video of `data.eval_split`: the first `fewshots` are Meta-rPPG's
+support (unlabelled adaptation), the `queries` after them are what every method is scored on:
+
+- "meta_rppg": transductive adaptation on the support, then prediction (`meta.evaluate_videos`);
+- "no_adaptation": the same trained model without adaptation;
+- "green", "chrom", "pos", "ica": the classical methods (`baselines.rppg_signal`) on the masked
+  mean colour of the same query frames.
+
+A model's rPPG signal is its expected ordinal level per frame. Each method's signal over the
+query frames is cut into HR windows of `eval.hr_window_s` seconds every `eval.hr_stride_s`
+(`heart_rate.signal_windows`), the heart rate of each is `heart_rate.hr_estimate` (or the
+original's `hr_reference`, `eval.hr_estimator`), the truth the mean ground-truth HR over the
+window (or the HR of the ground-truth PPG where a dataset has none); `metrics.hr_metrics`
+scores the windows, `metrics.video_metrics` the per-video means, `heart_rate.snr` the signal.
+
+`config.method` picks what is evaluated: "meta_rppg" (the default) evaluates all six methods
+for the comparison; any other name only that method (a classical one needs no checkpoint).
+
+Outputs in the workdir: metrics.json (`{method: {split: {mae, rmse, mape, pearson, snr,
+num_windows, ..., "video": {...}}}}`), report.md, plots/ (signal vs ground truth, spectrum,
+Bland-Altman per window and per video, training curves) and plots/heatmap_*.gif (saliency
+|d expected level / d input| of the model without and with adaptation).
+"""
+
+import os
+import pathlib
+from typing import Any, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from metarppg_jax import baselines
+from metarppg_jax import checkpoints
+from metarppg_jax import configuration
+from metarppg_jax import heart_rate
+from metarppg_jax import meta
+from metarppg_jax import metrics as metrics_lib
+from metarppg_jax import reports
+from metarppg_jax.data import build
+from metarppg_jax.data import input_pipeline
+from metarppg_jax.errors import ConfigError, DataError
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+HISTORY_FILE = "history.json"
+VIDEOS_PER_CALL = 2     # videos a jitted evaluation call adapts at once (bounds memory)
+HEATMAP_VIDEOS = 1
+METHOD_TITLES = {"meta_rppg": "Meta-rPPG", "no_adaptation": "no adaptation",
+                 "green": "GREEN", "chrom": "CHROM", "pos": "POS", "ica": "ICA"}
+
+
+class EvalData(NamedTuple):
+  """The evaluated windows of one split, V videos, S support + Q query windows of T frames.
+
+  x: f32[V, S + Q, T, 64, 64, 3] normalised crops (the models' input); ppg, hr: f32[V, Q T]
+  ground truth over the query frames; rgb: f32[V, Q T, 3] masked mean colour of the query
+  frames (the classical methods' input); fps; video_ids [V]; split; domain (of video 0).
+  """
+  x: np.ndarray
+  ppg: np.ndarray
+  hr: np.ndarray
+  rgb: np.ndarray
+  fps: float
+  video_ids: list
+  split: str
+  domain: str
+
+
+# --------------------------------------------------------------------------------------------
+# Data.
+# --------------------------------------------------------------------------------------------
+
+def data_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
+  """Where datasets are built: config.data.data_dir, else WORKDIR/data."""
+  return config.data.data_dir or os.path.join(os.fspath(workdir), "data")
+
+
+def load_splits(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """{split: data source} of the configured dataset (the synthetic one is built on first use)."""
+  return build.load_dataset(config.data.dataset, data_dir(config, workdir),
+                            config.data.builder_config or None,
+                            manual_dir=config.data.manual_dir or None)
+
+
+def split_source(config: ml_collections.ConfigDict, sources: dict, split: str):
+  if split not in sources:
+    raise ConfigError(
+        f"dataset {config.data.dataset} has no split {split!r} (it has {sorted(sources)}); set "
+        "--config.data.train_split / --config.data.eval_split")
+  return sources[split]
+
+
+def load_eval_data(config: ml_collections.ConfigDict, source, split: str) -> EvalData:
+  """The support and query windows of every video of `source` (EvalData)."""
+  s, q, t = config.meta.fewshots, config.eval.queries, config.data.window
+  videos = list(input_pipeline.eval_videos(source, window=t, num_windows=s + q,
+                                           normalization=config.data.normalization))
+  if not videos:
+    raise DataError(f"{config.data.dataset} split {split!r} has no video with a full window")
+  shortest = min(v["x"].shape[0] for v in videos)
+  configuration.check_against_data(config, split=split, num_frames=shortest * t,
+                                   purpose="eval", source=config.data.dataset)
+  fps = {round(v["fps"], 3) for v in videos}
+  if len(fps) != 1:
+    raise DataError(f"{config.data.dataset} split {split!r} mixes frame rates {sorted(fps)}; "
+                    "HR windows need one rate (rebuild with one target_fps)")
+  stack = lambda key: np.stack([v[key] for v in videos])
+  query = lambda a: a[:, s:].reshape((a.shape[0], q * t) + a.shape[3:])
+  hr = query(stack("hr")).astype(np.float32)
+  no_hr = ~np.array([v["has_hr"] for v in videos])
+  hr[no_hr] = np.nan  # filled from the PPG per HR window (`true_hr`)
+  return EvalData(x=stack("x"), ppg=query(stack("ppg")), hr=hr, rgb=query(stack("rgb")),
+                  fps=float(videos[0]["fps"]), video_ids=[v["video_id"] for v in videos],
+                  split=split, domain=videos[0]["domain"])
+
+
+# --------------------------------------------------------------------------------------------
+# Signals.
+# --------------------------------------------------------------------------------------------
+
+def model_signal(config: ml_collections.ConfigDict, state: meta.TrainState, x: np.ndarray, *,
+                 adapt: bool) -> np.ndarray:
+  """Expected ordinal level per query frame: x f32[V, S + Q, T, H, W, C] -> f32[V, Q T].
+
+  Videos go through `meta.evaluate_videos` VIDEOS_PER_CALL at a time (each adapts alone, so
+  grouping changes nothing but memory); the last group is padded to keep one compiled shape.
+  """
+  v = x.shape[0]
+  chunk = min(VIDEOS_PER_CALL, v)
+  pad = (-v) % chunk
+  xs = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+  outs = []
+  for i in range(0, xs.shape[0], chunk):
+    out = meta.evaluate_videos(config, state, jnp.asarray(xs[i:i + chunk]), adapt=adapt)
+    outs.append(np.asarray(out["expected_level"]))
+  level = np.concatenate(outs)[:v]
+  return level.reshape(v, -1).astype(np.float32)
+
+
+def signals(config: ml_collections.ConfigDict, state, data: EvalData,
+            methods: tuple[str, ...]) -> dict[str, np.ndarray]:
+  """{method: f32[V, Q T]} rPPG signals over the query frames."""
+  out = {}
+  for method in tqdm.tqdm(methods, desc=f"evaluate {data.split}", unit="method",
+                          disable=None, leave=False):
+    if method in configuration.LEARNED_METHODS:
+      out[method] = model_signal(config, state, data.x, adapt=method == "meta_rppg")
+    else:
+      out[method] = baselines.rppg_signal(method, data.rgb, data.fps)
+  return out
+
+
+# --------------------------------------------------------------------------------------------
+# Heart rate and scores.
+# --------------------------------------------------------------------------------------------
+
+def _hr(config, sig: np.ndarray, fps: float) -> np.ndarray:
+  if config.eval.hr_estimator == "reference":
+    return heart_rate.hr_reference(sig, fps)
+  return heart_rate.hr_estimate(sig, fps)
+
+
+def _windows(config, sig: np.ndarray, fps: float) -> np.ndarray:
+  return heart_rate.signal_windows(sig, fps, config.eval.hr_window_s, config.eval.hr_stride_s)[0]
+
+
+def true_hr(config, data: EvalData) -> np.ndarray:
+  """Ground-truth HR f64[V, K] per HR window: the mean HR trace, else the HR of the PPG."""
+  hr_w = _windows(config, data.hr, data.fps)
+  with np.errstate(invalid="ignore"):
+    from_trace = np.mean(hr_w, axis=-1)
+  from_ppg = heart_rate.hr_estimate(_windows(config, data.ppg, data.fps), data.fps)
+  return np.where(np.isfinite(from_trace), from_trace, from_ppg)
+
+
+def score(config, sig: np.ndarray, truth: np.ndarray, data: EvalData) -> dict[str, Any]:
+  """Metrics of one method's signal f[V, Q T] against truth f[V, K]: per HR window (top level)
+  and per video ("video"), plus the mean SNR (dB, at the true HR) and the per-window HRs."""
+  win = _windows(config, sig, data.fps)
+  pred = _hr(config, win, data.fps)
+  ids = np.repeat(np.arange(len(data.video_ids)), truth.shape[1])
+  out = metrics_lib.hr_metrics(pred.ravel(), truth.ravel())
+  snr = heart_rate.snr(win, data.fps, truth)
+  out["snr"] = float(np.nanmean(snr)) if np.any(np.isfinite(snr)) else float("nan")
+  out["video"] = metrics_lib.video_metrics(pred.ravel(), truth.ravel(), ids)
+  out["hr_window_s"] = float(config.eval.hr_window_s)
+  out["hr_stride_s"] = float(config.eval.hr_stride_s)
+  out["hr_pred"] = pred.tolist()
+  out["hr_true"] = truth.tolist()
+  return out
+
+
+def validation_mae(config: ml_collections.ConfigDict, state: meta.TrainState, source) -> float:
+  """Meta-rPPG's per-window MAE (bpm) on a split: what picks the best checkpoint."""
+  data = load_eval_data(config, source, "validation")
+  sig = model_signal(config, state, data.x, adapt=True)
+  return float(score(config, sig, true_hr(config, data), data)["mae"])
+
+
+# --------------------------------------------------------------------------------------------
+# Saliency for the heat maps.
+# --------------------------------------------------------------------------------------------
+
+def saliency(config: ml_collections.ConfigDict, state: meta.TrainState, video: np.ndarray, *,
+             adapt: bool) -> np.ndarray:
+  """|d (sum of the expected level) / d input| summed over colour: video f32[S + Q, T, H, W, C]
+  -> f32[Q T, H, W] over the query frames, for the model with or without adaptation."""
+  s = config.meta.fewshots
+  video = jnp.asarray(video)
+  params, stats = state.params, state.batch_stats
+  theta, theta_stats = params["theta"], stats["theta"]
+  if adapt:
+    theta, theta_stats, _ = meta.adapt(config, params, stats, state.prototype, video[:s])
+  queries = video[s:]
+  lstm0 = meta.initial_lstm_state(config, state.lstm_state, queries.shape[0])
+
+  def expected_level(q):
+    out = meta.predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats}, q,
+                       lstm0, head=config.model.ordinal_head)
+    return jnp.sum(out.prob)
+
+  grad = jax.jit(jax.grad(expected_level))(queries)
+  g = np.asarray(jnp.sum(jnp.abs(grad), axis=-1))
+  return g.reshape((-1,) + g.shape[2:])
+
+
+def _raw_query_crops(config, source, video_id: str) -> np.ndarray | None:
+  """uint8[Q T, 64, 64, 3] crops of the query frames of a video (from its record)."""
+  s, q, t = config.meta.fewshots, config.eval.queries, config.data.window
+  for r in range(len(source)):
+    record = source[r]
+    vid = record["video_id"]
+    if (vid.decode() if isinstance(vid, bytes) else str(vid)) == video_id:
+      return np.asarray(record["frames"][s * t:(s + q) * t])
+  return None
+
+
+# --------------------------------------------------------------------------------------------
+# The report.
+# --------------------------------------------------------------------------------------------
+
+def _methods(config) -> tuple[str, ...]:
+  if config.method == "meta_rppg":
+    return configuration.METHODS
+  return (config.method,)
+
+
+def _notes(config, results: dict, data: EvalData, checkpoint: str | None) -> list[str]:
+  split = data.split
+  maes = {m: r[split]["mae"] for m, r in results.items()}
+  finite = {m: v for m, v in maes.items() if np.isfinite(v)}
+  notes = [
+      f"Dataset `{config.data.dataset}` (config `{config.data.builder_config or 'default'}`), "
+      f"split `{split}` (domain `{data.domain}`): {len(data.video_ids)} videos. Every method is "
+      f"scored on the same {config.eval.queries} query windows of {config.data.window} frames "
+      f"a video ({config.eval.queries * config.data.window / data.fps:.0f} s, after "
+      f"{config.meta.fewshots} unlabelled support window(s) that only Meta-rPPG adapts on). "
+      f"HR per window of {config.eval.hr_window_s:g} s every {config.eval.hr_stride_s:g} s "
+      f"(overlapping windows are not independent: the per-video columns are the honest "
+      f"ones), estimator `{config.eval.hr_estimator}`; ± is one standard error.",
+  ]
+  if checkpoint:
+    notes.append(f"Model checkpoint: `{checkpoint}`.")
+  if finite:
+    ranked = sorted(finite, key=finite.get)
+    best = ranked[0]
+    notes.append("Ranking by MAE per window (lower is better): " + ", ".join(
+        f"{METHOD_TITLES[m]} {finite[m]:.2f}" for m in ranked) + f" bpm. **{METHOD_TITLES[best]}"
+        " has the lowest MAE here.**")
+    if "meta_rppg" in finite and "no_adaptation" in finite:
+      diff = finite["no_adaptation"] - finite["meta_rppg"]
+      verdict = ("helps" if diff > 0 else "does not help" if diff < 0 else "changes nothing")
+      notes.append(f"Transductive adaptation {verdict} on this split: MAE "
+                   f"{finite['meta_rppg']:.2f} with vs {finite['no_adaptation']:.2f} bpm "
+                   f"without ({-diff:+.2f} bpm).")
+    learned = [m for m in ranked if m in configuration.LEARNED_METHODS]
+    classical = [m for m in ranked if m in configuration.CLASSICAL_METHODS]
+    if learned and classical:
+      lm, cm = learned[0], classical[0]
+      if finite[lm] <= finite[cm]:
+        notes.append(f"The best learned method ({METHOD_TITLES[lm]}) beats the best classical "
+                     f"one ({METHOD_TITLES[cm]}) by {finite[cm] - finite[lm]:.2f} bpm.")
+      else:
+        notes.append(f"The best classical method ({METHOD_TITLES[cm]}) beats the best learned "
+                     f"one ({METHOD_TITLES[lm]}) by {finite[lm] - finite[cm]:.2f} bpm: the "
+                     "trained model is not yet better than a training-free method here.")
+  return notes
+
+
+def _training_history(workdir: pathlib.Path) -> dict | None:
+  path = workdir / HISTORY_FILE
+  if not path.is_file():
+    return None
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    history = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return None
+  series = {}
+  for name in ("loss", "ordloss", "fewloss", "gradloss", "lr", "val_mae"):
+    points = [(h["step"], h[name]) for h in history if name in h and h[name] is not None]
+    if points:
+      series[name] = points
+  return series or None
+
+
+def _plots(config, workdir: pathlib.Path, data: EvalData, sigs: dict, results: dict
+           ) -> list[tuple[str, pathlib.Path]]:
+  plots = workdir / "plots"
+  figures = []
+  split = data.split
+  for method, sig in sigs.items():
+    r = results[method][split]
+    title = METHOD_TITLES[method]
+    path = reports.plot_signal(plots / f"signal_{method}.png", sig[0], data.ppg[0], data.fps,
+                               title=f"{title}: video {data.video_ids[0]}")
+    figures.append((f"{title}: rPPG signal vs ground-truth PPG, video {data.video_ids[0]}",
+                    path))
+    n = int(round(config.eval.hr_window_s * data.fps))
+    truth0 = r["hr_true"][0][0]
+    path = reports.plot_spectrum(plots / f"spectrum_{method}.png", sig[0, :n], data.fps,
+                                 truth0, title=f"{title}: first HR window")
+    figures.append((f"{title}: power spectrum of the first {config.eval.hr_window_s:g} s "
+                    "window", path))
+    pred, true = np.ravel(r["hr_pred"]), np.ravel(r["hr_true"])
+    path = reports.plot_bland_altman(plots / f"bland_altman_{method}_window.png", pred, true,
+                                     "window", title=title)
+    figures.append((f"{title}: Bland-Altman, one point per window", path))
+    ids = np.repeat(np.arange(len(data.video_ids)), np.shape(r["hr_pred"])[1])
+    vp, vt, _ = metrics_lib.per_video(pred, true, ids)
+    path = reports.plot_bland_altman(plots / f"bland_altman_{method}_video.png", vp, vt,
+                                     "video", title=title)
+    figures.append((f"{title}: Bland-Altman, one point per video", path))
+  history = _training_history(workdir)
+  if history:
+    path = reports.plot_training_curves(plots / "training_curves.png", history)
+    figures.append(("Training curves (losses per step, validation MAE per epoch)", path))
+  return figures
+
+
+def _heatmaps(config, workdir: pathlib.Path, state, source, data: EvalData, sigs: dict
+              ) -> list[tuple[str, pathlib.Path]]:
+  figures = []
+  for i in range(min(HEATMAP_VIDEOS, len(data.video_ids))):
+    crops = _raw_query_crops(config, source, data.video_ids[i])
+    if crops is None:
+      continue
+    before = saliency(config, state, data.x[i], adapt=False)
+    after = saliency(config, state, data.x[i], adapt=True)
+    sig = sigs["meta_rppg"][i]
+    path = reports.heatmap_animation(
+        workdir / "plots" / f"heatmap_{data.video_ids[i]}.gif", crops, before, after, sig,
+        data.fps, float(_hr(config, sig, data.fps)),
+        float(np.nanmean(true_hr(config, data)[i])))
+    figures.append((f"Saliency |d expected level / d input| without and with adaptation, "
+                    f"video {data.video_ids[i]}", path))
+  return figures
+
+
+# --------------------------------------------------------------------------------------------
+# The entry point.
+# --------------------------------------------------------------------------------------------
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str | os.PathLike
+                  ) -> checkpoints.Restored:
+  """The state `config.restore_from` names (checkpoints.restore), for evaluation."""
+  return checkpoints.restore(config, workdir, checkpoints.target_state(config))
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, state=None, *,
+             sources: dict | None = None, plots: bool = True) -> dict:
+  """Evaluates the methods `config.method` selects on `config.data.eval_split`.
+
+  Args:
+    config: the experiment config (validated here).
+    workdir: outputs go here; checkpoints are restored from here unless
+      `config.restore_from` names another source.
+    state: the TrainState to evaluate (training passes its final state); None: restored.
+    sources: {split: data source} already loaded (training passes its own).
+    plots: write plots and heat maps (metrics.json and report.md are always written).
+
+  Returns:
+    {"metrics": {method: {split: {...}}}, "checkpoint": path or None, "files": {...}}.
+  """
+  configuration.validate(config)
+  workdir = configuration.prepare_workdir(workdir)  # ConfigError if it cannot be written
+  if not (workdir / configuration.CONFIG_FILE).exists():
+    configuration.write(config, workdir)
+  methods = _methods(config)
+  learned = any(m in configuration.LEARNED_METHODS for m in methods)
+  checkpoint = None
+  if learned and state is None:
+    restored = restore_state(config, workdir)
+    state, checkpoint = restored.state, restored.path
+    logging.info("evaluating the checkpoint %s (step %d)", restored.path, restored.step)
+  elif learned:
+    checkpoint = "the final training state (saved as the last checkpoint)"
+  sources = sources if sources is not None else load_splits(config, workdir)
+  source = split_source(config, sources, config.data.eval_split)
+  data = load_eval_data(config, source, config.data.eval_split)
+  sigs = signals(config, state, data, methods)
+  truth = true_hr(config, data)
+  results = {m: {data.split: score(config, sig, truth, data)} for m, sig in sigs.items()}
+
+  figures = []
+  if plots:
+    figures += _plots(config, workdir, data, sigs, results)
+    if "meta_rppg" in methods:
+      figures += _heatmaps(config, workdir, state, source, data, sigs)
+  table = {m: {data.split: {k: v for k, v in r[data.split].items()
+                            if k not in ("hr_pred", "hr_true")}} for m, r in results.items()}
+  metrics_path = reports.write_metrics_json(workdir / METRICS_FILE, table)
+  report_path = reports.write_report_md(
+      workdir / REPORT_FILE, {METHOD_TITLES[m]: r for m, r in table.items()},
+      title="Meta-rPPG evaluation", notes=_notes(config, table, data, checkpoint),
+      figures=figures)
+  for m, r in table.items():
+    v = r[data.split]
+    logging.info("%-14s %s: MAE %.2f bpm, RMSE %.2f, r %.3f, SNR %.2f dB (%d windows)",
+                 m, data.split, v["mae"], v["rmse"], v["pearson"], v["snr"], v["num_windows"])
+  return {"metrics": table, "checkpoint": checkpoint,
+          "files": {"metrics": str(metrics_path), "report": str(report_path),
+                    "figures": [str(p) for _, p in figures]}}

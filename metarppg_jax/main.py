@@ -1,0 +1,72 @@
+r"""Entry point: train and evaluate, or evaluate a checkpoint.
+
+  python -m metarppg_jax.main --config configs/default.py --workdir /tmp/metarppg
+  python -m metarppg_jax.main --config configs/default.py --workdir /tmp/metarppg \
+      --config.mode=evaluate --config.restore_from=best
+  python -m metarppg_jax.main --config configs/default.py --workdir /tmp/pos \
+      --config.mode=evaluate --config.method=pos
+
+Any config field can be overridden with `--config.<group>.<field>=VALUE`. The config is
+validated before any work starts; the resolved config is written to WORKDIR/config.json.
+Errors the user can act on (`MetaRPPGError`: bad config, data, checkpoint) end the program
+with their message and exit status 1, without a traceback.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from metarppg_jax import configuration
+from metarppg_jax.errors import ConfigError, MetaRPPGError
+
+FLAGS = flags.FLAGS
+
+
+def _drop_foreign_flags() -> None:
+  """`metarppg_jax.data.build` defines its own CLI's flags (--config, --dataset, ...) on the
+  global FLAGS when it is imported; they are not this program's and --config would clash."""
+  from metarppg_jax.data import build  # pylint: disable=g-import-not-at-top,unused-import
+  for name in list(FLAGS):
+    if FLAGS.find_module_defining_flag(name) == build.__name__:
+      delattr(FLAGS, name)
+
+
+_drop_foreign_flags()
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report and plots.")
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (e.g. configs/default.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str) -> dict:
+  """Trains and evaluates (mode "train") or evaluates (mode "evaluate"); returns the results."""
+  configuration.validate(config)
+  # Imported here so that `--help` and config errors do not pay for importing JAX.
+  from metarppg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import train  # pylint: disable=g-import-not-at-top
+  if config.mode == "train":
+    if config.method not in configuration.LEARNED_METHODS:
+      raise ConfigError(
+          f"method={config.method!r} is a classical method and has nothing to train; run it "
+          "with --config.mode=evaluate")
+    return train.train_and_evaluate(config, workdir)
+  return evaluate.evaluate(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  try:
+    run(FLAGS.config, FLAGS.workdir)
+  except MetaRPPGError as e:
+    logging.error("%s: %s", type(e).__name__, e)
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
