@@ -1,8 +1,8 @@
 """A tiny setting of the default experiment: seconds of data, a few steps (tests, CI,
 notebooks' TINY mode). Not a meaningful experiment.
 
-Synthetic `tiny` dataset (3 train, 1 validation, 2 test videos of 7 s), 2 epochs of 2 steps,
-2 query windows a video, HR over 4 s windows every second.
+Synthetic `tiny` dataset (3 train, 1 validation, 2 test videos of 7 s), 2 epochs of 2 steps
+of one task, 2 query windows a video, HR over 4 s windows every second.
 """
 
 import importlib.util
@@ -21,6 +21,7 @@ def _default_config():
 def get_config():
   config = _default_config()
   config.data.builder_config = "tiny"
+  config.data.tasks_per_batch = 1          # one task a step: a CPU step in seconds
   config.optim.num_epochs = 2
   config.optim.steps_per_epoch = 2
   config.eval.queries = 2

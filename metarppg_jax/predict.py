@@ -56,8 +56,8 @@ def load_clip(path: str | os.PathLike, config) -> dict:
   """The video's face crops as model windows.
 
   Returns:
-    {"x": f32[W, T, 64, 64, 3] normalised windows, "crops": uint8[L, 64, 64, 3] of the
-     predicted frames, "fps", "num_frames" (after resampling), "face_fraction"}.
+    {"x": f32[W, T, 64, 64, 3] normalised windows, "path", "fps", "num_frames" (after
+     resampling), "face_fraction" (of the detection frames with a face)}.
   Raises:
     DataError: unreadable file, no face, or fewer than meta.fewshots + 1 windows.
   """
@@ -87,14 +87,13 @@ def load_clip(path: str | os.PathLike, config) -> dict:
             "hr": np.full(frames.shape[0], np.nan, np.float32), "has_ppg": False}
   w = input_pipeline.load_windows(record, starts, window=window,
                                   normalization=config.data.normalization)
-  used = slice(fewshots * window, len(starts) * window)
-  return {"x": w["x"], "crops": crops.crops[used], "fps": fps,
+  return {"x": w["x"], "fps": fps, "path": str(path),
           "num_frames": int(frames.shape[0]),
           "face_fraction": float(np.mean(crops.detected)) if len(crops.detected) else 0.0}
 
 
-def predict_video(path: str | os.PathLike, config, state) -> dict[str, Any]:
-  """rPPG signal and heart rates of one video (see the module docstring).
+def predict_clip(clip: dict, config, state) -> dict[str, Any]:
+  """rPPG signal and heart rates of one video's clip (`load_clip`; module docstring).
 
   Returns:
     {"signal": f32[L] (expected level per predicted frame), "time_s": f64[L] (from the
@@ -104,7 +103,6 @@ def predict_video(path: str | os.PathLike, config, state) -> dict[str, Any]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from metarppg_jax import heart_rate  # pylint: disable=g-import-not-at-top
   from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
-  clip = load_clip(path, config)
   fps, window, fewshots = clip["fps"], config.data.window, config.meta.fewshots
   out = meta.evaluate_videos(config, state, jnp.asarray(clip["x"][None]), adapt=True)
   signal = np.asarray(out["expected_level"][0]).reshape(-1).astype(np.float32)
@@ -117,7 +115,7 @@ def predict_video(path: str | os.PathLike, config, state) -> dict[str, Any]:
   hrs = hr_fn(wins, fps)
   n = wins.shape[-1]
   return {
-      "video": os.fspath(path), "fps": fps, "num_frames": clip["num_frames"],
+      "video": clip["path"], "fps": fps, "num_frames": clip["num_frames"],
       "support_s": offset_s, "face_detected_fraction": clip["face_fraction"],
       "hr_bpm": float(hr_fn(signal, fps)),
       "windows": [{"start_s": float(offset_s + s / fps), "end_s": float(offset_s + (s + n) / fps),
@@ -172,8 +170,9 @@ def run(video: str, *, workdir: str | None = None, checkpoint: str | None = None
     config.restore_from = checkpoint or ""
   if not workdir and (not checkpoint or checkpoint in ("latest", "best")):
     raise ConfigError("give --workdir, or --checkpoint PATH with --config")
+  clip = load_clip(video, config)  # bad videos fail here, before the model is loaded
   restored = checkpoints.restore(config, workdir or ".", checkpoints.target_state(config))
-  result = predict_video(video, config, restored.state)
+  result = predict_clip(clip, config, restored.state)
   result["checkpoint"] = restored.path
   if out is None:
     base = pathlib.Path(workdir) if workdir else pathlib.Path(".")

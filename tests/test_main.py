@@ -1,0 +1,69 @@
+"""The entry point: the README's command end to end on the tiny setting, and config errors
+before any work (exit 1, a message, no traceback)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args, timeout, cwd=REPO):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "metarppg_jax.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_unknown_field_is_refused_before_work(tmp_path):
+  out = _run(["--config", "configs/default.py", "--workdir", str(tmp_path / "w"),
+              "--config.optim.lrate=0.1"], timeout=120)
+  assert out.returncode != 0
+  assert "lrate" in out.stderr
+  assert "Traceback" not in out.stderr
+  assert not (tmp_path / "w" / "data").exists()
+
+
+def test_bad_value_is_a_config_error(tmp_path):
+  out = _run(["--config", "configs/default.py", "--workdir", str(tmp_path / "w"),
+              "--config.optim.lr=-0.001"], timeout=120)
+  assert out.returncode == 1
+  assert "ConfigError" in out.stderr and "optim.lr=-0.001: must be > 0" in out.stderr
+  assert "Traceback" not in out.stderr
+  assert not (tmp_path / "w" / "data").exists()
+
+
+def test_training_a_classical_method_is_refused(tmp_path):
+  out = _run(["--config", "configs/default.py", "--workdir", str(tmp_path / "w"),
+              "--config.method=pos"], timeout=120)
+  assert out.returncode == 1 and "nothing to train" in out.stderr
+
+
+@pytest.mark.slow
+def test_main_trains_and_evaluates_tiny(tmp_path):
+  workdir = tmp_path / "run"
+  out = _run(["--config", "configs/tiny.py", "--workdir", str(workdir),
+              f"--config.data.data_dir={tmp_path / 'data'}"], timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert set(metrics) == {"meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica"}
+  for method in metrics.values():
+    assert {"mae", "rmse", "mape", "pearson", "snr", "num_windows"} <= set(method["test"])
+  assert json.loads((workdir / "config.json").read_text())["data"]["builder_config"] == "tiny"
+  assert "| method |" in (workdir / "report.md").read_text()
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert (workdir / "checkpoints" / "latest" / "4").is_dir()
+  assert list((workdir / "checkpoints" / "best").iterdir())
+  for name in ("signal_meta_rppg.png", "spectrum_pos.png", "bland_altman_ica_window.png",
+               "bland_altman_meta_rppg_video.png", "training_curves.png"):
+    assert (workdir / "plots" / name).is_file(), name
+
+  # Evaluate mode on the same workdir: the best checkpoint, no retraining.
+  out = _run(["--config", "configs/tiny.py", "--workdir", str(workdir),
+              f"--config.data.data_dir={tmp_path / 'data'}", "--config.mode=evaluate",
+              "--config.restore_from=best", "--config.method=no_adaptation"], timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert set(json.loads((workdir / "metrics.json").read_text())) == {"no_adaptation"}
