@@ -59,9 +59,12 @@ class Skip(Exception):
   """A video that cannot be used; `reason` is one of the constants above."""
 
   def __init__(self, reason: str, message: str):
-    super().__init__(f"{reason}: {message}")
+    super().__init__(reason, message)   # both args: picklable (from worker processes)
     self.reason = reason
     self.message = message
+
+  def __str__(self):
+    return f"{self.reason}: {self.message}"
 
 
 @contextlib.contextmanager
@@ -307,6 +310,14 @@ class RppgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _make_example(self, item: Item) -> dict:
     raise NotImplementedError
 
+  def _examples(self, items: Sequence[Item]) -> Iterator:
+    """(item, example dict or Skip) for each item, in order; one at a time by default."""
+    for item in items:
+      try:
+        yield item, self._make_example(item)
+      except Skip as s:
+        yield item, s
+
   def _assign_splits(self, items: Sequence[Item]) -> dict:
     """{video_id: split}; by default subject-disjoint `subject_splits`."""
     cfg = self.builder_config
@@ -360,14 +371,14 @@ class RppgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._scratch = tempfile.mkdtemp(prefix=f"{self.name}_")
     kept = {s: [] for s in SPLITS}
     skipped = []
-    for n, item in enumerate(tqdm.tqdm(items, desc=f"{self.name}: videos", unit="video")):
-      try:
-        ex = self._make_example(item)
-      except Skip as s:
+    progress = tqdm.tqdm(self._examples(items), total=len(items), desc=f"{self.name}: videos",
+                         unit="video")
+    for n, (item, ex) in enumerate(progress):
+      if isinstance(ex, Skip):
         skipped.append({"video_id": item.video_id, "subject": item.subject,
-                        "reason": s.reason, "message": s.message})
-        logging.warning("%s: skipped %s (%s): %s", self.name, item.video_id, s.reason,
-                        s.message)
+                        "reason": ex.reason, "message": ex.message})
+        logging.warning("%s: skipped %s (%s): %s", self.name, item.video_id, ex.reason,
+                        ex.message)
         continue
       _check_example(ex, item)
       path = os.path.join(self._scratch, f"{n}.npz")

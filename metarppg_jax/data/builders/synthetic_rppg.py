@@ -10,7 +10,10 @@ Configs: `tiny` (tests: seconds to build), `small` (the default training run on 
 CPU: 12 train + 2 validation videos of 20 s, 6 test videos of 20 s), `full`.
 """
 
+import concurrent.futures
 import dataclasses
+import functools
+import os
 
 import numpy as np
 
@@ -59,15 +62,42 @@ class SyntheticRppg(base.RppgBuilder):
     return {item.video_id: item.params[0] for item in items}
 
   def _make_example(self, item):
-    _, seed, domain = item.params
     cfg = self.builder_config
-    v, crops = synthetic.generate_face_crops(seed, seconds=cfg.seconds, fps=cfg.target_fps,
-                                             domain=domain, size=tuple(cfg.frame_size),
-                                             crop_size=base.CROP_SIZE)
-    if len(v.ppg) < cfg.window:
-      raise base.Skip(base.TOO_SHORT, f"{item.video_id}: {len(v.ppg)} frames, a window is "
-                      f"{cfg.window}")
-    return {"frames": crops.crops, "mask": crops.masks, "ppg": v.ppg.astype(np.float32),
-            "hr": v.hr.astype(np.float32), "has_ppg": True, "has_hr": True,
-            "fps": np.float32(v.fps), "subject": item.subject, "video_id": item.video_id,
-            "domain": domain}
+    return _generate(item, seconds=cfg.seconds, fps=cfg.target_fps,
+                     frame_size=tuple(cfg.frame_size), window=cfg.window)
+
+  def _examples(self, items):
+    # Generation is numpy/OpenCV, which release the GIL: threads, one a core. (Processes
+    # would need a picklable builder and a `__main__` guard in every calling script.)
+    workers = min(os.cpu_count() or 1, len(items), MAX_WORKERS)
+    if workers < 2:
+      yield from super()._examples(items)
+      return
+    cfg = self.builder_config
+    make = functools.partial(_generate_or_skip, seconds=cfg.seconds, fps=cfg.target_fps,
+                             frame_size=tuple(cfg.frame_size), window=cfg.window)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      yield from zip(items, pool.map(make, items))   # in item order
+
+
+MAX_WORKERS = 8
+
+
+def _generate(item, seconds, fps, frame_size, window) -> dict:
+  _, seed, domain = item.params
+  v, crops = synthetic.generate_face_crops(seed, seconds=seconds, fps=fps, domain=domain,
+                                           size=frame_size, crop_size=base.CROP_SIZE)
+  if len(v.ppg) < window:
+    raise base.Skip(base.TOO_SHORT, f"{item.video_id}: {len(v.ppg)} frames, a window is "
+                    f"{window}")
+  return {"frames": crops.crops, "mask": crops.masks, "ppg": v.ppg.astype(np.float32),
+          "hr": v.hr.astype(np.float32), "has_ppg": True, "has_hr": True,
+          "fps": np.float32(v.fps), "subject": item.subject, "video_id": item.video_id,
+          "domain": domain}
+
+
+def _generate_or_skip(item, **kwargs):
+  try:
+    return _generate(item, **kwargs)
+  except base.Skip as s:
+    return s
