@@ -25,6 +25,8 @@ Bland-Altman per window and per video, training curves) and plots/heatmap_*.gif 
 |d expected level / d input| of the model without and with adaptation).
 """
 
+import functools
+import json
 import os
 import pathlib
 from typing import Any, NamedTuple
@@ -217,7 +219,8 @@ def saliency(config: ml_collections.ConfigDict, state: meta.TrainState, video: n
   params, stats = state.params, state.batch_stats
   theta, theta_stats = params["theta"], stats["theta"]
   if adapt:
-    theta, theta_stats, _ = meta.adapt(config, params, stats, state.prototype, video[:s])
+    adapt_fn = jax.jit(functools.partial(meta.adapt, config))
+    theta, theta_stats, _ = adapt_fn(params, stats, state.prototype, video[:s])
   queries = video[s:]
   lstm0 = meta.initial_lstm_state(config, state.lstm_state, queries.shape[0])
 
@@ -298,7 +301,6 @@ def _training_history(workdir: pathlib.Path) -> dict | None:
   path = workdir / HISTORY_FILE
   if not path.is_file():
     return None
-  import json  # pylint: disable=g-import-not-at-top
   try:
     history = json.loads(path.read_text())
   except json.JSONDecodeError:

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pathlib
+import time
 
 from absl import logging
 import jax
@@ -38,7 +39,8 @@ from metarppg_jax import meta
 from metarppg_jax.data import input_pipeline
 from metarppg_jax.errors import MetaRPPGError
 
-HISTORY_FILE = "history.json"
+HISTORY_FILE = evaluate_lib.HISTORY_FILE
+_STEP_KEYS = ("x", "targets", "valid")  # what meta's step takes from a training batch
 
 
 class NonFiniteLoss(MetaRPPGError):
@@ -47,6 +49,18 @@ class NonFiniteLoss(MetaRPPGError):
 
 def _shortest_video(source) -> int:
   return min(int(np.shape(source[i]["frames"])[0]) for i in range(len(source)))
+
+
+def _test_windows(config: ml_collections.ConfigDict, source) -> dict | None:
+  """With `meta.test_in_step` (the reference config): the held-out video's first
+  fewshots + N windows that the original's in-step transductive test uses, from frame 0."""
+  if not config.meta.test_in_step:
+    return None
+  video = next(input_pipeline.eval_videos(
+      source, window=config.data.window,
+      num_windows=config.meta.fewshots + config.data.tasks_per_batch,
+      normalization=config.data.normalization))
+  return {"test_x": jnp.asarray(video["x"]), "test_targets": jnp.asarray(video["targets"])}
 
 
 def _nonfinite_terms(metrics: dict) -> list[str]:
@@ -137,6 +151,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   start = int(state.step)
   history = _read_history(workdir, start)
 
+  test_windows = _test_windows(config, sources.get("validation") or eval_source)
   steps_per_epoch = config.optim.steps_per_epoch
   total = config.optim.num_epochs * steps_per_epoch
   train_step = meta.make_meta_train_step(config)
@@ -150,11 +165,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         epoch = step // steps_per_epoch + 1
         if int(state.epoch) != epoch:
           state = state.replace(epoch=jnp.asarray(epoch, jnp.asarray(state.epoch).dtype))
-        batch = next(data_iter)
+        batch = {k: v for k, v in next(data_iter).items() if k in _STEP_KEYS}
+        if test_windows:
+          batch.update(test_windows)
         # The step donates its input state; "skip" keeps a copy to fall back to.
         backup = jax.tree.map(jnp.copy, state) if config.optim.nonfinite == "skip" else None
+        started = time.perf_counter()
         new_state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)
+        metrics = jax.device_get(metrics)  # waits for the step
+        metrics["step_time_s"] = np.float32(time.perf_counter() - started)
         bad = _nonfinite_terms(metrics)
         if bad:
           where = f"step {step + 1} (epoch {epoch})"
