@@ -2,8 +2,14 @@
 
 import os
 import pathlib
+import tempfile
 
 import pytest
+
+# The end-to-end tests compile the same jitted steps many times (in this process and in the
+# subprocesses they start, which inherit the variable): JAX's persistent cache compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "metarppg_jax_test_compile_cache"))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_DIR = pathlib.Path(
