@@ -10,10 +10,12 @@ message naming the problem when nothing usable is left (nothing is written then)
 
 import os
 import sys
+import time
 from typing import Optional
 
 from absl import app
 from absl import flags
+import numpy as np
 import tensorflow_datasets as tfds
 
 from metarppg_jax.data.builders import BUILDERS
@@ -83,6 +85,27 @@ def load_dataset(name: str, data_dir: str, config: Optional[str] = None, *,
     build_dataset(name, data_dir=data_dir, manual_dir=manual_dir, config=config)
   builder = get_builder(name, data_dir=data_dir, config=config)
   return dict(builder.as_data_source())
+
+
+def benchmark_build(name: str, *, manual_dir: str, data_dir: str,
+                    config: Optional[str] = None) -> dict:
+  """Build throughput of a real-format dataset, decode and face detection included (for
+  experiments/benchmark.py; e.g. synthetic videos written in the UBFC layout by
+  `python -m metarppg_jax.data.synthetic`, built with ubfc_rppg).
+
+  Returns:
+    {"build_frames_per_s": stored frames / wall s, "build_cpu_s_per_frame": process CPU s a
+     stored frame, "build_frames": count, "build_s": wall s}.
+  """
+  wall, cpu = time.perf_counter(), time.process_time()
+  builder = build_dataset(name, data_dir=data_dir, manual_dir=manual_dir, config=config,
+                          overwrite=True)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  sources = builder.as_data_source()
+  frames = sum(int(np.shape(src[i]["frames"])[0]) for src in sources.values()
+               for i in range(len(src)))
+  return {"build_frames_per_s": frames / wall, "build_cpu_s_per_frame": cpu / max(frames, 1),
+          "build_frames": frames, "build_s": wall}
 
 
 def format_skips(skipped) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from typing import Any, Iterator, Optional
 
 import grain
@@ -261,3 +262,24 @@ def eval_videos(source, *, window: int = 60, num_windows: Optional[int] = None,
         "has_hr": bool(record["has_hr"]), "video_id": _text(record["video_id"]),
         "subject": _text(record["subject"]), "domain": _text(record["domain"]),
     }
+
+
+def benchmark_pipeline(config, source, *, num_batches: int = 20,
+                       read_threads: Optional[int] = None) -> dict:
+  """Training-pipeline throughput on this machine (for experiments/benchmark.py).
+
+  Returns:
+    {"pipeline_clips_per_s": windows a second (tasks x K), "pipeline_cpu_s_per_clip": process
+     CPU time a window (all threads), "pipeline_startup_s": to the first batch}.
+  """
+  start = time.perf_counter()
+  it = train_iterator(config, source, read_threads=read_threads)
+  batch = next(it)
+  startup = time.perf_counter() - start
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(num_batches):
+    batch = next(it)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  clips = num_batches * batch["x"].shape[0] * batch["x"].shape[1]
+  return {"pipeline_clips_per_s": clips / wall, "pipeline_cpu_s_per_clip": cpu / clips,
+          "pipeline_startup_s": startup}
