@@ -71,7 +71,7 @@ from metarppg_jax.errors import ConfigError, DataError
 PyTree = Any
 
 POSITIONS = ("extractor", "estimator", "both")
-INNER_MODES = ("joint",)  # per_task: next commit
+INNER_MODES = ("joint", "per_task")
 LSTM_STATE_RULES = ("given", "mean")
 
 
@@ -272,14 +272,26 @@ def _prob_target_grad(s: Settings, prob, targets, valid):
   return jax.grad(f)(prob)
 
 
-def _psi_calls(psi, psi_stats, inputs):
-  """psi in train mode on each input in order (each call moves the batch statistics)."""
+def _psi_calls(psi, psi_stats, inputs, *, per_task: bool = False):
+  """psi in train mode on each input f32[N, 60, D] in order (each call moves the batch
+  statistics). per_task: batch norm over each task alone (vmapped), statistics averaged."""
+  if per_task:
+    outs, stats = jax.vmap(lambda *xs: _psi_calls(psi, psi_stats, [x[None] for x in xs]))(
+        *inputs)
+    return [o[:, 0] for o in outs], _mean_over_tasks(stats)
   outs = []
   for inp in inputs:
     o, psi_stats = models.synthetic_gradient(psi, psi_stats, jax.lax.stop_gradient(inp),
                                              train=True)
     outs.append(o)
   return outs, psi_stats
+
+
+def _mean_over_tasks(stats):
+  """Per-task batch-norm statistics [N, ...] -> one set: running values averaged (each task
+  moved the same running value, so this is the update with the mean batch statistic)."""
+  return jax.tree.map(lambda a: a.mean(0) if jnp.issubdtype(a.dtype, jnp.floating) else a[0],
+                      stats)
 
 
 def _predict(params, batch_stats, query, lstm_state, *, head, train):
@@ -451,18 +463,66 @@ def _sg_adaptation(s, params, stats, opt_adapt, x, lstm0):
   return carry
 
 
+def _per_task_adaptation(s, params, stats, x, lstm0, adapt_lr):
+  """inner_mode per_task: each task adapts its own copy of the adapted nets from the shared
+  parameters (a fresh inner SGD, batch norms over that task alone).
+  -> offsets {net: tree [N, ...]} (adapted - shared), stats (averaged over tasks), the carried
+  LSTM state, psi's last output f32[N, T, D]."""
+  tx = _sgd(s, s.adapt_lr)
+
+  def one(x_i, h_i, c_i):
+    opt = _with_lr(tx.init({k: params[k] for k in s.adapted_nets}), adapt_lr)
+    p, st, _, (h, c), last = _sg_adaptation(s, params, stats, opt, x_i[None],
+                                            (h_i[:, None], c_i[:, None]))
+    offsets = {k: jax.tree.map(jnp.subtract, p[k], params[k]) for k in s.adapted_nets}
+    return offsets, st, h[:, 0], c[:, 0], last[0]
+
+  offsets, st, h, c, last = jax.vmap(one, in_axes=(0, 1, 1), out_axes=(0, 0, 1, 1, 0))(
+      x, *lstm0)
+  return offsets, _mean_over_tasks(st), (h, c), last
+
+
 def _prob_and_final(s, phi, z, lstm):
   out, final = models.estimate(phi, z, lstm, head=s.head)
   return out.prob, final
 
 
-def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, lr, train_psi):
-  """One learning step: loss = ordinal + prototype at the current parameters; A and B steps;
-  then psi trained toward d loss / d z (d prob for the estimator) held constant."""
-  def loss_fn(theta, phi, dz, dprob):
-    z, theta_stats = models.extract(theta, stats["theta"], x, train=True)
+def _forward(s, theta, phi, theta_stats, x, lstm0, offsets, dz):
+  """Extractor and estimator on x f32[N, T, H, W, C], `dz` (zeros) added to the features so
+  that its gradient is d loss / d z. With per-task `offsets` ({net: [N, ...]}, held constant)
+  task i runs alone at (shared + offset_i), batch norms over that task.
+  -> z, estimator output, final (h, c), new theta statistics."""
+  if offsets is None:
+    z, theta_stats = models.extract(theta, theta_stats, x, train=True)
     z = z + dz
     out, final = models.estimate(phi, z, lstm0, head=s.head)
+    return z, out, final, theta_stats
+
+  def one(x_i, off, h_i, c_i, dz_i):
+    th = _offset(theta, off.get("theta"))
+    ph = _offset(phi, off.get("phi"))
+    z, st = models.extract(th, theta_stats, x_i[None], train=True)
+    z = z + dz_i[None]
+    out, (h, c) = models.estimate(ph, z, (h_i[:, None], c_i[:, None]), head=s.head)
+    return z[0], jax.tree.map(lambda a: a[0], out), h[:, 0], c[:, 0], st
+
+  z, out, h, c, st = jax.vmap(one, in_axes=(0, 0, 1, 1, 0), out_axes=(0, 0, 1, 1, 0))(
+      x, jax.lax.stop_gradient(offsets), *lstm0, dz)
+  return z, out, (h, c), _mean_over_tasks(st)
+
+
+def _offset(tree, offset):
+  return tree if offset is None else jax.tree.map(jnp.add, tree, offset)
+
+
+def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, lr, train_psi,
+                   offsets=None):
+  """One learning step: loss = ordinal + prototype at the current parameters (per_task: each
+  task at its adapted parameters, `offsets`); A and B steps; then psi trained toward
+  d loss / d z (d prob for the estimator) held constant."""
+  def loss_fn(theta, phi, dz, dprob):
+    # dz, dprob: zeros whose gradients are d loss / d z and d loss / d prob (psi's targets).
+    z, out, final, theta_stats = _forward(s, theta, phi, stats["theta"], x, lstm0, offsets, dz)
     prob = out.prob + dprob
     ordloss = _ordinal(s, out, t, valid, prob=prob)
     fewloss = losses.prototype_loss(z, prototype) if s.prototype else jnp.zeros((), z.dtype)
@@ -487,7 +547,8 @@ def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, l
              "both": [(prob, g_p), (z, g_z)]}[s.position]
 
     def psi_loss(psi):
-      outs, new_stats = _psi_calls(psi, stats["psi"], [inp for inp, _ in pairs])
+      outs, new_stats = _psi_calls(psi, stats["psi"], [inp for inp, _ in pairs],
+                                   per_task=offsets is not None)
       total = sum(losses.synthetic_gradient_loss(o, g) for o, (_, g) in zip(outs, pairs))
       return total, new_stats
 
@@ -588,30 +649,43 @@ def _meta_train_step(s: Settings, trace: bool, state: TrainState, batch):
       lstm = next_lstm(final, lstm)
       metrics.update({"adapt/ordloss": ordloss, "adapt/fewloss": fewloss})
       rec["adapt/sup/params"] = params
-    if s.synthetic_gradient:
-      if s.inner_mode == "joint":
-        params, stats, opt_adapt, lstm, last = _sg_adaptation(
-            s, params, stats, _with_lr(opt_state["adapt"], adapt_lr), x0, lstm)
-        opt_state = dict(opt_state, adapt=opt_adapt)
-        rec["adapt/synthetic_grad"] = last
-      rec["adapt/params"], rec["adapt/stats"] = params, stats
+    if s.synthetic_gradient and s.inner_mode == "joint":
+      params, stats, opt_adapt, lstm, last = _sg_adaptation(
+          s, params, stats, _with_lr(opt_state["adapt"], adapt_lr), x0, lstm)
+      opt_state = dict(opt_state, adapt=opt_adapt)
+      rec["adapt/synthetic_grad"] = last
+    elif s.synthetic_gradient:
+      offsets, stats, lstm_adapted, last = _per_task_adaptation(s, params, stats, x0, lstm,
+                                                                adapt_lr)
+      lstm = next_lstm(lstm_adapted, lstm)
+      rec["adapt/synthetic_grad"] = last
+    rec["adapt/params"], rec["adapt/stats"] = params, stats
     learn_windows = (1, 2)
   else:
     learn_windows = (0, 1, 2)
 
   # Learning phase.
-  per_term = []
-  for k in learn_windows:
+  if not (s.meta_learning and s.synthetic_gradient and s.inner_mode == "per_task"):
+    offsets = None
+  def learn(carry, window):
+    params, stats, opt_state, lstm = carry
+    xk, tk, vk = window
     params, stats, opt_state, final, terms = _learning_step(
-        s, params, stats, opt_state, state.prototype, x[:, k], t[:, k], valid[:, k], lstm, lr,
-        train_psi=s.meta_learning and s.synthetic_gradient)
-    lstm = next_lstm(final, lstm)
-    per_term.append(terms)
-    for name, value in terms.items():
-      metrics[f"learn{k}/{name}"] = value
+        s, params, stats, opt_state, state.prototype, xk, tk, vk, lstm, lr,
+        train_psi=s.meta_learning and s.synthetic_gradient, offsets=offsets)
+    return (params, stats, opt_state, next_lstm(final, lstm)), terms
+
+  # One scan over the windows: one copy of the learning step in the compiled program.
+  first = learn_windows[0]
+  windows = (jnp.moveaxis(x[:, first:], 1, 0), jnp.moveaxis(t[:, first:], 1, 0),
+             jnp.moveaxis(valid[:, first:], 1, 0))
+  (params, stats, opt_state, lstm), terms = jax.lax.scan(
+      learn, (params, stats, opt_state, lstm), windows)
+  for name, values in terms.items():
+    for i, k in enumerate(learn_windows):
+      metrics[f"learn{k}/{name}"] = values[i]
+    metrics[name] = jnp.mean(values)
   rec["learn2/params"], rec["learn2/stats"] = params, stats
-  for name in ("ordloss", "fewloss", "gradloss"):
-    metrics[name] = sum(p[name] for p in per_term) / len(per_term)
   metrics["loss"] = metrics["ordloss"] + metrics["fewloss"]
 
   # The original's transductive test inside the step: it moves psi's batch statistics.

@@ -12,6 +12,12 @@ ordinal head) on the clips of an inputs file, and writes the same keys as the or
 `IO.npz` holds `x f[N, 60, H, W, 3]` (channels-last clips) and `targets i[N, 60]` (levels 0..39);
 N must equal the batch of the checkpoint's `h`, `c`. With `--expect`, the largest deviations
 are printed and the exit status says whether every key is within the reference tolerances.
+
+`--step` runs one outer iteration instead (`parity_step_*.npz`; see `reference_step.py`):
+
+    python -m metarppg_jax.tools.reference_check --step --checkpoint CKPT --inputs STEP.npz \
+        --adapt_position extractor|estimator|both --fewshots N --out OUT.npz [--x64] \
+        [--expect REF.npz]
 """
 
 import os
@@ -162,6 +168,12 @@ def define_flags():
   flags.DEFINE_enum("mode", "train", ["train", "eval"], "Batch statistics (train) or running.")
   flags.DEFINE_string("out", None, "Where to write the outputs .npz.")
   flags.DEFINE_string("expect", None, "Reference .npz to compare with.")
+  flags.DEFINE_bool("step", False, "One outer iteration (parity_step_*.npz), see "
+                    "tools/reference_step.py; --inputs is then a step_fs<n>.npz file.")
+  flags.DEFINE_enum("adapt_position", "extractor", ["extractor", "estimator", "both"],
+                    "With --step: the adaptation position.")
+  flags.DEFINE_integer("fewshots", 1, "With --step: synthetic-gradient (and test) steps.")
+  flags.DEFINE_bool("x64", False, "With --step: run in float64 (for the *_f64.npz files).")
 
 
 def run_forward(checkpoint: str, inputs: str, mode: str, out: str | None,
@@ -189,6 +201,10 @@ def main(argv: Sequence[str]) -> int:
       print(f"error: --{name} is required", file=sys.stderr)
       return 2
   try:
+    if FLAGS.step:
+      from metarppg_jax.tools import reference_step  # pylint: disable=g-import-not-at-top
+      return reference_step.run_step(FLAGS.checkpoint, FLAGS.inputs, FLAGS.adapt_position,
+                                     FLAGS.fewshots, FLAGS.out, FLAGS.expect, x64=FLAGS.x64)
     return run_forward(FLAGS.checkpoint, FLAGS.inputs, FLAGS.mode, FLAGS.out, FLAGS.expect)
   except MetaRPPGError as e:
     print(f"error: {e}", file=sys.stderr)

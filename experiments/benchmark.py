@@ -1,0 +1,169 @@
+r"""Speed of the method on this machine: the figures issue 3 (and later issues) ask for.
+
+    python experiments/benchmark.py [--json PATH] [--sections outer_step,eval,matmul]
+        [--config configs/reference.py] [--tasks 3 --size 64 --fewshots 1 --repeats 7]
+
+Each section is one function `bench_<name>(args, out)` writing figures into one dict, keys
+with their unit (DESIGN.md): outer_step_median_s, outer_step_spread_s (interquartile range),
+compile_s, eval_frames_per_s (one video's transductive test, frames counted over its query
+frames), eval_batch_frames_per_s (a vmapped batch of videos), gflops_per_s (XLA's FLOP count
+of the compiled outer step / its median time), matmul_peak_gflops_per_s (a jitted float32
+4096 matmul), peak_memory_mb (the process's maximum resident set). Defaults: the reference
+config, 3 tasks x 60 frames x 64x64, fewshots 1, as the original's defaults.
+
+The original PyTorch release on this 2-core CPU (issue 3, machine otherwise idle): a median
+2.4-2.5 s per outer iteration; one transductive test (1 support + 3 query windows) 0.38-0.40 s,
+i.e. 180 query frames / 0.39 s = 460 frames/s. `outer_step_vs_original` and
+`eval_vs_original` are the ratios to those figures (goal: <= 0.8 and >= 2). The machine is
+shared: compare figures from one run, and re-run when it is quiet.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarppg_jax import meta
+
+ORIGINAL_OUTER_STEP_S = 2.45
+ORIGINAL_EVAL_FRAMES_PER_S = 180 / 0.39
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _timed(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def _spread(times):
+  q = np.percentile(times, [25, 75])
+  return float(q[1] - q[0])
+
+
+def _clips(key, shape):
+  """Video-like inputs: smooth random images with small per-frame changes."""
+  return 0.1 * jax.random.normal(key, shape, jnp.float32)
+
+
+def _config(args):
+  config = load_config(args.config)
+  config.meta.fewshots = args.fewshots
+  return config
+
+
+def bench_matmul(args, out):
+  a = jnp.ones((4096, 4096), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(f(a))
+  t = min(_timed(lambda: f(a), 5))
+  out["matmul_peak_gflops_per_s"] = 2 * 4096 ** 3 / t / 1e9
+
+
+def bench_outer_step(args, out):
+  config = _config(args)
+  n, s = args.tasks, args.size
+  state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  batch = {"x": _clips(keys[0], (n, 3, 60, s, s, 3)),
+           "targets": jax.random.randint(keys[1], (n, 3, 60), 0, 40),
+           "valid": jnp.ones((n, 3), bool)}
+  if meta.settings(config).test_in_step:
+    batch["test_x"] = _clips(keys[2], (args.fewshots + n, 60, s, s, 3))
+    batch["test_targets"] = jax.random.randint(keys[1], (args.fewshots + n, 60), 0, 40)
+  state = meta.update_prototype(config, state, batch["x"][:, 0])
+  step = meta.make_meta_train_step(config)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  out["compile_s"] = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  state, _ = compiled(state, batch)  # warm-up
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  median = statistics.median(times)
+  out["outer_step_median_s"] = median
+  out["outer_step_spread_s"] = _spread(times)
+  out["outer_step_min_s"] = min(times)
+  out["outer_step_flops"] = flops
+  out["gflops_per_s"] = flops / median / 1e9
+  out["outer_step_vs_original"] = median / ORIGINAL_OUTER_STEP_S
+
+
+def bench_eval(args, out):
+  config = _config(args)
+  n, s, fs = args.tasks, args.size, args.fewshots
+  state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
+  queries = n  # the original's test: fewshots + N windows, queries = the LSTM state's batch
+  for name, videos in (("eval", 1), ("eval_batch", args.eval_videos)):
+    clips = _clips(jax.random.PRNGKey(2), (videos, fs + queries, 60, s, s, 3))
+    t0 = time.perf_counter()
+    jax.block_until_ready(meta.evaluate_videos(config, state, clips))
+    out[f"{name}_compile_s"] = time.perf_counter() - t0
+    times = _timed(lambda: meta.evaluate_videos(config, state, clips), args.repeats)
+    median = statistics.median(times)
+    out[f"{name}_median_s"] = median
+    out[f"{name}_spread_s"] = _spread(times)
+    out[f"{name}_frames_per_s"] = videos * queries * 60 / median
+  out["eval_videos"] = args.eval_videos
+  out["eval_vs_original"] = out["eval_frames_per_s"] / ORIGINAL_EVAL_FRAMES_PER_S
+  out["eval_batch_vs_original"] = out["eval_batch_frames_per_s"] / ORIGINAL_EVAL_FRAMES_PER_S
+
+
+SECTIONS = {"matmul": bench_matmul, "outer_step": bench_outer_step, "eval": bench_eval}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--json", help="write the figures here")
+  ap.add_argument("--sections", default="matmul,outer_step,eval")
+  ap.add_argument("--config", default=os.path.join(REPO, "configs", "reference.py"))
+  ap.add_argument("--tasks", type=int, default=3)
+  ap.add_argument("--size", type=int, default=64)
+  ap.add_argument("--fewshots", type=int, default=1)
+  ap.add_argument("--repeats", type=int, default=7)
+  ap.add_argument("--eval_videos", type=int, default=4)
+  args = ap.parse_args(argv)
+  out = {"jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()],
+         "tasks": args.tasks, "size": args.size, "fewshots": args.fewshots,
+         "config": os.path.relpath(args.config, REPO),
+         "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  for name in args.sections.split(","):
+    if name not in SECTIONS:
+      ap.error(f"unknown section {name!r}; known: {sorted(SECTIONS)}")
+    SECTIONS[name](args, out)
+    print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in out.items()), flush=True)
+  out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps(out, indent=1))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,137 @@
+"""meta: the outer step trains, evaluation vmaps adapt+predict exactly, config switches."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metarppg_jax import losses
+from metarppg_jax import meta
+from metarppg_jax import models
+from metarppg_jax.errors import ConfigError, DataError
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+SIZE = 32  # frame size: the smallest the extractor takes, to keep compiles and steps cheap
+
+
+def _config(name="default", **meta_fields):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in meta_fields.items():
+    config.meta[key] = value
+  return config
+
+
+def _pulse_clips(seed, n, windows, size=SIZE):
+  """Clips f32[n, windows, 60, size, size, 3] whose colour follows a pulse, and the pulse's
+  levels i32[n, windows, 60] (quantised per window as the original does)."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(windows * 60) / 30.0
+  yy, xx = np.mgrid[0:size, 0:size] / size
+  clips, levels = [], []
+  for _ in range(n):
+    base = np.stack([0.5 + 0.2 * np.sin(rng.uniform(-3, 3) * xx + rng.uniform(-3, 3) * yy)
+                     for _ in range(3)], -1)
+    pulse = np.sin(2 * np.pi * rng.uniform(1.0, 2.0) * t + rng.uniform(0, 6))
+    clip = base[None] * (1 + 0.05 * pulse[:, None, None, None] * np.array([0.3, 0.8, 0.5]))
+    clip = clip + rng.normal(0, 0.01, clip.shape)
+    clip = clip - clip.mean(axis=(1, 2), keepdims=True)
+    clips.append(clip.reshape(windows, 60, size, size, 3))
+    p = pulse.reshape(windows, 60)
+    lo, hi = p.min(-1, keepdims=True), p.max(-1, keepdims=True)
+    levels.append(np.round((p - lo) / ((hi - lo) / 39)))
+  return np.stack(clips).astype(np.float32), np.stack(levels).astype(np.int32)
+
+
+def test_config_errors_name_the_field():
+  with pytest.raises(ConfigError, match="adapt_position"):
+    meta.settings(_config(adapt_position="middle"))
+  with pytest.raises(ConfigError, match="inner_mode"):
+    meta.settings(_config(inner_mode="sometimes"))
+  with pytest.raises(ConfigError, match="lstm_state_rule"):
+    meta.settings(_config(carry_lstm_state=True))   # the carried state is per task: 'given'
+  with pytest.raises(ConfigError, match="fewshots"):
+    meta.settings(_config(fewshots=0))
+  s = meta.settings(_config("reference"))
+  assert (s.head, s.supervised_adapt_step, s.carry_lstm_state, s.test_in_step) == (
+      "reference", True, True, True)
+
+
+def test_invalid_windows_do_not_count_in_the_ordinal_loss():
+  rng = np.random.default_rng(0)
+  fc_out = jnp.asarray(rng.normal(size=(3, 60, 80)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 40, (3, 60)), jnp.int32)
+  prob, decision = models.ordinal_layer(fc_out)
+  out = models.EstimatorOutput(fc_out, fc_out, prob, decision)
+  valid = jnp.array([True, False, True])
+  s = meta.settings(_config())
+  masked = meta._ordinal(s, out, targets, valid)  # pylint: disable=protected-access
+  kept = losses.ordinal_loss(fc_out[jnp.array([0, 2])], targets[jnp.array([0, 2])])
+  np.testing.assert_allclose(masked, kept, rtol=1e-6)
+  garbage = targets.at[1].set(39 - targets[1])
+  np.testing.assert_allclose(meta._ordinal(s, out, garbage, valid), masked, rtol=1e-6)  # pylint: disable=protected-access
+  s_ref = meta.settings(_config("reference"))  # the reference ignores the mask
+  out_ref = out._replace(prob=models.ordinal_layer(fc_out, "reference")[0])
+  np.testing.assert_allclose(meta._ordinal(s_ref, out_ref, targets, valid),  # pylint: disable=protected-access
+                             losses.ordinal_loss(fc_out, targets, "reference"), rtol=1e-6)
+
+
+def test_vmapped_evaluation_equals_each_video_alone():
+  # float64: test-time steps on one clip amplify float32 rounding ~1e3x (reference README), so
+  # two correct float32 programs (vmapped, alone) differ by ~1e-4 in prob; float64 ones do not.
+  with jax.enable_x64(True):
+    config = _config(fewshots=2)
+    config.model.dtype = "float64"
+    state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=3)
+    clips, _ = _pulse_clips(1, 2, 3)  # 2 videos, 2 support + 1 query window each
+    clips = jnp.asarray(clips, jnp.float64)
+    # A non-zero prototype and LSTM state, so that every part of the adaptation acts.
+    state = state.replace(
+        prototype=jnp.linspace(-0.5, 0.5, models.FEATURES),
+        lstm_state=(0.1 * jnp.ones((4, 3, 60)), -0.1 * jnp.ones((4, 3, 60))))
+    out = meta.evaluate_videos(config, state, clips)
+    assert out["prob"].shape == (2, 1, 60, 40) and out["decision"].dtype == jnp.int32
+
+    adapt = jax.jit(lambda support: meta.adapt(config, state.params, state.batch_stats,
+                                               state.prototype, support))
+    lstm0 = meta.initial_lstm_state(config, state.lstm_state, 1)
+    predict = jax.jit(lambda theta, theta_stats, query: meta.predict(
+        {"theta": theta, "phi": state.params["phi"]}, {"theta": theta_stats}, query, lstm0,
+        head=config.model.ordinal_head))
+    plain = meta.evaluate_videos(config, state, clips, adapt=False)
+    for v in range(2):
+      theta, theta_stats, _ = adapt(clips[v, :2])
+      alone = predict(theta, theta_stats, clips[v, 2:])
+      np.testing.assert_allclose(out["prob"][v], alone.prob, rtol=1e-9, atol=1e-12)
+      np.testing.assert_array_equal(out["level"][v], losses.decision_to_level(alone.decision))
+      # Adaptation moved this video's copy of theta, and its predictions.
+      assert not np.allclose(theta["conv1"]["kernel"], state.params["theta"]["conv1"]["kernel"])
+      assert np.abs(plain["prob"][v] - out["prob"][v]).max() > 1e-6
+    with pytest.raises(DataError, match="fewshots"):
+      meta.evaluate_videos(config, state, clips[:, :2])
+
+
+@pytest.mark.parametrize("inner_mode", ["joint", "per_task"])
+def test_meta_training_lowers_the_ordinal_loss(inner_mode):
+  config = _config(inner_mode=inner_mode, supervised_adapt_step=True)
+  state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=2)
+  clips, levels = _pulse_clips(2, 2, 3)
+  state = meta.update_prototype(config, state, jnp.asarray(clips[:, 0]))
+  assert float(jnp.abs(state.prototype).sum()) > 0
+  batch = {"x": jnp.asarray(clips), "targets": jnp.asarray(levels),
+           "valid": jnp.ones((2, 3), bool)}
+  step = meta.make_meta_train_step(config)
+  history = []
+  for _ in range(6):
+    state, metrics = step(state, batch)
+    history.append({k: float(v) for k, v in metrics.items()})
+  for name in ("ordloss", "fewloss", "gradloss", "learn1/ordloss", "learn2/gradloss",
+               "adapt/ordloss"):
+    assert all(np.isfinite(h[name]) for h in history), name
+  assert history[-1]["ordloss"] < history[0]["ordloss"] - 0.5, [h["ordloss"] for h in history]
+  assert int(state.step) == 6
