@@ -110,3 +110,16 @@ def test_square_boxes_stay_inside():
   boxes = faces.square_boxes(np.array([[5.0, 5.0], [95.0, 50.0]]), np.array([40.0, 200.0]),
                              60, 100)
   np.testing.assert_allclose(boxes, [[0, 0, 40, 40], [40, 0, 60, 60]])
+
+
+def test_false_positives_are_dropped():
+  face = np.array([[40.0, 40.0, 50.0, 50.0]], np.float32)
+  big = np.array([[10.0, 0.0, 90.0, 90.0]], np.float32)        # larger, elsewhere
+  candidates = [face + k for k in range(8)]
+  candidates[3] = np.concatenate([big, face + 3])               # both: keep the face
+  candidates[5] = big                                           # only the false one: a miss
+  boxes = faces._consistent(candidates)  # pylint: disable=protected-access
+  np.testing.assert_allclose(boxes[3], face[0] + 3)
+  assert np.isnan(boxes[5]).all()
+  np.testing.assert_allclose(boxes[[0, 1, 2, 4, 6, 7]], face + np.array([[0], [1], [2], [4],
+                                                                         [6], [7]]))

@@ -1,7 +1,8 @@
 """Face crops and skin masks: the one face-crop path of the project.
 
 `face_crops` runs OpenCV's frontal-face Haar cascade every `detect_every` frames on a
-downscaled grey frame, keeps the largest face, interpolates the boxes between detections (and
+downscaled grey frame, keeps the face consistent with its neighbours in time (the running
+median of the largest detections), interpolates the boxes between detections (and
 holds them before the first / after the last), smooths them over time, makes them square and
 `enlarge` times larger, moves them inside the frame, then crops and resizes (INTER_AREA) every
 frame to `size x size` and computes a skin mask.
@@ -28,6 +29,10 @@ CR_RANGE = (133, 173)
 CB_RANGE = (77, 127)
 ADAPTIVE_CHROMA = 10          # |Cr - Cr_face|, |Cb - Cb_face| of skin, in 8-bit units
 ADAPTIVE_LUMA = (0.6, 1.5)    # skin luma relative to the face's median
+CENTER_MEDIAN = 3             # running median over detections of the box centre
+SIDE_MEDIAN = 9               # ... and of its side (faces rarely change size fast)
+TRACK_MEDIAN = 9              # keyframes in the running median a detection must agree with
+TRACK_TOLERANCE = 0.5         # how far (in box sides) a detection may lie from it
 
 
 class FaceCrops(NamedTuple):
@@ -53,6 +58,74 @@ def _cascade() -> cv2.CascadeClassifier:
   return cascade
 
 
+def detect_candidates(frames: np.ndarray, indices: np.ndarray) -> list[np.ndarray]:
+  """Every face the Haar cascade finds in each of `frames[indices]`.
+
+  Runs on the grey frame downscaled to `DETECT_MAX_SIDE`; where nothing is found, once more
+  on its locally equalised (CLAHE) version, which recovers dim, low-contrast and dark-skinned
+  faces (equalising every frame would raise false positives on well-lit ones).
+
+  Returns:
+    K arrays f32[n_k, 4] (x, y, w, h) in source pixels (n_k may be 0).
+  """
+  cascade = _cascade()
+  height, width = frames.shape[1:3]
+  scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+  small = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
+  min_side = max(int(0.1 * min(small)), 20)
+  clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
+  out = []
+  for i in indices:
+    gray = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+      gray = cv2.resize(gray, small, interpolation=cv2.INTER_AREA)
+    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                     minSize=(min_side, min_side))
+    if not len(found):
+      found = cascade.detectMultiScale(clahe.apply(gray), scaleFactor=1.1, minNeighbors=5,
+                                       minSize=(min_side, min_side))
+    out.append(np.asarray(found, np.float32).reshape(-1, 4) / scale)
+  return out
+
+
+def _largest(candidates: list[np.ndarray]) -> np.ndarray:
+  boxes = np.full((len(candidates), 4), np.nan, np.float32)
+  for k, c in enumerate(candidates):
+    if len(c):
+      boxes[k] = c[np.argmax(c[:, 2] * c[:, 3])]
+  return boxes
+
+
+def _consistent(candidates: list[np.ndarray]) -> np.ndarray:
+  """One box a keyframe, consistent over time: f32[K, 4], NaN where none fits.
+
+  The reference at each keyframe is the running median (over `TRACK_MEDIAN` keyframes) of the
+  largest detections; each keyframe keeps its candidate nearest to it, if that one is within
+  `TRACK_TOLERANCE` of a side in position and scale. Sporadic false positives (often larger
+  than the face in noisy frames) are dropped and bridged like misses.
+  """
+  largest = _largest(candidates)
+  ok = ~np.isnan(largest[:, 0])
+  if not ok.any():
+    return largest
+  track = np.stack([largest[:, 0] + largest[:, 2] / 2, largest[:, 1] + largest[:, 3] / 2,
+                    largest[:, 2]], axis=1)
+  ref_ok = _running_median(track[ok], TRACK_MEDIAN)
+  idx = np.arange(len(candidates))
+  ref = np.stack([np.interp(idx, idx[ok], r) for r in ref_ok.T], axis=1)
+  boxes = np.full_like(largest, np.nan)
+  for k, c in enumerate(candidates):
+    if not len(c):
+      continue
+    centers = c[:, :2] + c[:, 2:] / 2
+    offset = np.linalg.norm(centers - ref[k, :2], axis=1) / ref[k, 2]
+    size = np.abs(np.log(c[:, 2] / ref[k, 2]))
+    best = np.argmin(offset + size)
+    if offset[best] <= TRACK_TOLERANCE and size[best] <= np.log(1 + 2 * TRACK_TOLERANCE):
+      boxes[k] = c[best]
+  return boxes
+
+
 def detect_faces(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
   """The largest face in each of `frames[indices]`.
 
@@ -63,27 +136,7 @@ def detect_faces(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
   Returns:
     f32[K, 4] (x, y, w, h) in source pixels, NaN where no face was found.
   """
-  cascade = _cascade()
-  height, width = frames.shape[1:3]
-  scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
-  small = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
-  min_side = max(int(0.1 * min(small)), 20)
-  boxes = np.full((len(indices), 4), np.nan, np.float32)
-  for k, i in enumerate(indices):
-    gray = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
-    if scale < 1.0:
-      gray = cv2.resize(gray, small, interpolation=cv2.INTER_AREA)
-    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                     minSize=(min_side, min_side))
-    if not len(found):
-      # Dim or low-contrast frames: retry on the equalised image (not first: equalising
-      # also raises false positives on well-lit frames).
-      found = cascade.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1,
-                                       minNeighbors=5, minSize=(min_side, min_side))
-    if len(found):
-      found = np.asarray(found, np.float32)
-      boxes[k] = found[np.argmax(found[:, 2] * found[:, 3])] / scale
-  return boxes
+  return _largest(detect_candidates(frames, indices))
 
 
 def _moving_average(x: np.ndarray, length: int) -> np.ndarray:
@@ -94,6 +147,16 @@ def _moving_average(x: np.ndarray, length: int) -> np.ndarray:
   padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
   c = np.cumsum(np.pad(padded, ((1, 0), (0, 0))), axis=0)
   return (c[2 * half + 1:] - c[:-2 * half - 1]) / (2 * half + 1)
+
+
+def _running_median(x: np.ndarray, length: int) -> np.ndarray:
+  """Centred running median over axis 0 with edge padding: f[K, C] -> f[K, C]."""
+  half = min(length // 2, (x.shape[0] - 1) // 2)
+  if half < 1:
+    return x
+  padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
+  windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0)
+  return np.median(windows, axis=-1)
 
 
 def square_boxes(centers: np.ndarray, sides: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -235,7 +298,7 @@ def face_crops(frames: np.ndarray, *, size: int = 64, detect_every: int = 10,
   if t == 0:
     raise DataError(f"{name}: no frames")
   keys = np.unique(np.append(np.arange(0, t, max(int(detect_every), 1)), t - 1))
-  found = detect_faces(frames, keys)
+  found = _consistent(detect_candidates(frames, keys))
   ok = ~np.isnan(found[:, 0])
   if not ok.any():
     raise DataError(f"{name}: no face found in any of the {len(keys)} frames checked "
@@ -248,11 +311,15 @@ def face_crops(frames: np.ndarray, *, size: int = 64, detect_every: int = 10,
         f"({fraction:.0%} < {min_face_fraction:.0%}); not found around frames "
         f"{lost[0]}..{lost[-1]}")
   good = found[ok]
+  # Keyframe track (cx, cy, side), robustly smoothed: Haar boxes come in scale steps of 10 %
+  # and jitter by a few pixels, and each jump would change what the crop holds.
+  key_track = np.stack([good[:, 0] + good[:, 2] / 2, good[:, 1] + good[:, 3] / 2,
+                        np.sqrt(good[:, 2] * good[:, 3])], axis=1)
+  key_track[:, :2] = _running_median(key_track[:, :2], CENTER_MEDIAN)
+  key_track[:, 2:] = _running_median(key_track[:, 2:], SIDE_MEDIAN)
   frame_idx = np.arange(t)
-  centers = np.stack([np.interp(frame_idx, keys[ok], good[:, 0] + good[:, 2] / 2),
-                      np.interp(frame_idx, keys[ok], good[:, 1] + good[:, 3] / 2)], axis=1)
-  sides = np.interp(frame_idx, keys[ok], np.sqrt(good[:, 2] * good[:, 3]))
-  track = _moving_average(np.concatenate([centers, sides[:, None]], axis=1), smooth)
+  track = np.stack([np.interp(frame_idx, keys[ok], k) for k in key_track.T], axis=1)
+  track = _moving_average(track, smooth)
   boxes = square_boxes(track[:, :2], enlarge * track[:, 2], height, width)
   crops = crop_boxes(frames, boxes, size)
   detected = np.zeros(t, bool)

@@ -1,6 +1,8 @@
 """Synthetic face videos with a known pulse: the embedded default dataset.
 
-A video is made in four steps, all driven by one `np.random.Generator(seed, domain)`:
+A video is made in four steps, driven by independent random streams spawned from
+`np.random.SeedSequence([seed, domain])` (pulse; face and scene; sensor noise), so the face and
+the nuisance parameters of a seed do not depend on the video's duration:
 
 1. A face (`_face`): either the real photo `skimage.data.astronaut()` under a random
    non-uniform scale, mirror and skin-tone change, or a rendered face of random geometry (face
@@ -85,7 +87,7 @@ DOMAINS = {
                      flicker=(0.0, 0.002), translation=0.02, rotation=2.0, scale=0.02,
                      read_noise=(0.5, 1.5), shot_noise=(0.02, 0.08), jpeg=(90, 97),
                      jpeg_probability=0.5),
-    "shifted": Domain(hr=(45, 150), amplitude=(0.002, 0.006), melanin=(0.4, 1.0), photo=0.3,
+    "shifted": Domain(hr=(45, 150), amplitude=(0.003, 0.008), melanin=(0.4, 1.0), photo=0.3,
                       light=(0.45, 0.8), light_drift=0.15, temperature=(-0.8, 0.8),
                       flicker=(0.001, 0.005), translation=0.03, rotation=4.0, scale=0.03,
                       read_noise=(1.0, 2.5), shot_noise=(0.05, 0.15), jpeg=(80, 95),
@@ -110,10 +112,12 @@ class SyntheticVideo(NamedTuple):
   face_box: np.ndarray
 
 
-def _rng(seed: int, domain: str) -> np.random.Generator:
+def _rngs(seed: int, domain: str) -> list[np.random.Generator]:
+  """Independent streams (pulse, face and scene, sensor noise) for one (seed, domain)."""
   if domain not in DOMAINS:
     raise ValueError(f"unknown domain {domain!r}; choose one of {sorted(DOMAINS)}")
-  return np.random.default_rng([int(seed), DOMAIN_IDS[domain]])
+  sequence = np.random.SeedSequence([int(seed), DOMAIN_IDS[domain]])
+  return [np.random.default_rng(s) for s in sequence.spawn(3)]
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, correlation: float) -> np.ndarray:
@@ -151,20 +155,26 @@ def pulse_signal(rng: np.random.Generator, t: np.ndarray, hr_range: tuple[float,
   """
   n = t.shape[0]
   dt = float(t[1] - t[0]) if n > 1 else 1 / 30
+  # Every scalar first, the noise last: a longer video has the same pulse parameters.
   hr0 = rng.uniform(*hr_range)
   resp_rate = rng.uniform(0.15, 0.4)                       # Hz, 9..24 breaths a minute
   resp_phase = rng.uniform(0, 2 * np.pi)
-  respiration = np.sin(2 * np.pi * resp_rate * t + resp_phase)
-  drift = rng.uniform(1, 5) * np.sin(2 * np.pi * t / rng.uniform(40, 120) + rng.uniform(0, 6.3))
-  rsa = rng.uniform(1, 4) * respiration                    # respiratory sinus arrhythmia
-  b2b = rng.uniform(0.5, 2.0) * _smooth_noise(rng, n, 0.8 / dt)   # beat-to-beat variability
-  hr = np.clip(hr0 + drift + rsa + b2b, *HR_RANGE)
-  phase = np.cumsum(hr / 60.0 * dt) + rng.uniform(0, 1)
-  frac = np.mod(phase, 1.0)
+  drift_amp, drift_period, drift_phase = rng.uniform(1, 5), rng.uniform(40, 120), rng.uniform(
+      0, 2 * np.pi)
+  rsa_amp = rng.uniform(1, 4)                              # respiratory sinus arrhythmia
+  b2b_amp = rng.uniform(0.5, 2.0)                          # beat-to-beat variability
+  phase0 = rng.uniform(0, 1)
   # One beat: systolic peak and a dicrotic wave (Gaussians on the beat's phase, wrapped).
   systolic_at, systolic_width = rng.uniform(0.15, 0.25), rng.uniform(0.07, 0.1)
   dicrotic_at, dicrotic_width = systolic_at + rng.uniform(0.25, 0.35), rng.uniform(0.08, 0.12)
   dicrotic = rng.uniform(0.2, 0.5)
+  resp_am, resp_baseline = rng.uniform(0.05, 0.15), rng.uniform(0.05, 0.2)
+  b2b = b2b_amp * _smooth_noise(rng, n, 0.8 / dt)
+
+  respiration = np.sin(2 * np.pi * resp_rate * t + resp_phase)
+  drift = drift_amp * np.sin(2 * np.pi * t / drift_period + drift_phase)
+  hr = np.clip(hr0 + drift + rsa_amp * respiration + b2b, *HR_RANGE)
+  frac = np.mod(np.cumsum(hr / 60.0 * dt) + phase0, 1.0)
 
   def bump(at, width):
     d = np.mod(frac - at + 0.5, 1.0) - 0.5
@@ -172,8 +182,8 @@ def pulse_signal(rng: np.random.Generator, t: np.ndarray, hr_range: tuple[float,
 
   beat = bump(systolic_at, systolic_width) + dicrotic * bump(dicrotic_at, dicrotic_width)
   beat = (beat - beat.min()) / max(np.ptp(beat), 1e-12)
-  ppg = beat * (1 + rng.uniform(0.05, 0.15) * respiration) + rng.uniform(0.05, 0.2) * (
-      np.sin(2 * np.pi * resp_rate * t + resp_phase + 1.0))
+  ppg = beat * (1 + resp_am * respiration) + resp_baseline * np.sin(
+      2 * np.pi * resp_rate * t + resp_phase + 1.0)
   return ppg.astype(np.float32), hr.astype(np.float32)
 
 
@@ -313,15 +323,16 @@ def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str 
   Returns:
     SyntheticVideo.
   """
-  rng = _rng(seed, domain)
+  rng_pulse, rng, rng_noise = _rngs(seed, domain)
   d = DOMAINS[domain]
   height, width = size
   n = int(round(seconds * fps))
   if n < 1:
     raise ValueError(f"seconds * fps must give at least one frame, got {seconds} * {fps}")
   t = np.arange(n, dtype=np.float64) / fps
-  ppg, hr = pulse_signal(rng, t, d.hr)
+  ppg, hr = pulse_signal(rng_pulse, t, d.hr)
 
+  # Face and nuisances from their own stream, scalars only: the same for any duration.
   melanin = rng.uniform(*d.melanin)
   if rng.uniform() < d.photo:
     base, skin, box = _photo_face(rng, height, width, melanin)
@@ -359,7 +370,8 @@ def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str 
   for start in range(0, n, chunk):
     stop = min(start + chunk, n)
     k = slice(start, stop)
-    images = base[None] - pulse[k, None, None, None] * pulse_map[None]
+    images = np.multiply.outer(-pulse[k], pulse_map)         # f32[chunk, H, W, 3], in place
+    images += base
     if moving:
       for i in range(stop - start):
         m = cv2.getRotationMatrix2D(center, float(angle[start + i]), float(scale[start + i]))
@@ -368,13 +380,19 @@ def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str 
                                    borderMode=cv2.BORDER_REFLECT101)
     images *= (light[k, None, None, None] * tint).astype(np.float32)
     if read_noise or shot_noise:
-      std = np.sqrt(shot_noise * np.maximum(images, 0) + read_noise ** 2)
-      images += std * rng.standard_normal(images.shape, dtype=np.float32)
-    frames[k] = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+      std = np.maximum(images, 0)                          # shot noise variance ~ signal
+      std *= shot_noise
+      std += read_noise ** 2
+      np.sqrt(std, out=std)
+      std *= rng_noise.standard_normal(images.shape, dtype=np.float32)
+      images += std
+    np.rint(images, out=images)
+    np.clip(images, 0, 255, out=images)
+    frames[k] = images
     if quality is not None:
       for i in range(start, stop):
-        _, buf = cv2.imencode(".jpg", frames[i], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        frames[i] = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        _, buf = cv2.imencode(".jpg", frames[i, ..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        frames[i] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
     side = box[2] * scale[k]
     boxes[k] = np.stack([center[0] + dx[k] - side / 2, center[1] + dy[k] - side / 2,
                          side, side], axis=1)

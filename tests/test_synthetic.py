@@ -1,0 +1,164 @@
+"""Tests of metarppg_jax.data.synthetic: determinism, ground truth, recoverable pulse, CLI."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from metarppg_jax.data import faces
+from metarppg_jax.data import preprocess
+from metarppg_jax.data import synthetic
+from metarppg_jax.data import video
+
+
+def fft_hr(trace: np.ndarray, fps: float) -> float:
+  """HR (bpm) at the peak of the 42..180 bpm band of a detrended, Hann-windowed spectrum."""
+  x = signal.detrend(trace / trace.mean()) * np.hanning(len(trace))
+  n = 16 * len(x)
+  f = np.fft.rfftfreq(n, 1 / fps) * 60
+  power = np.abs(np.fft.rfft(x, n)) ** 2
+  band = (f >= 42) & (f <= 180)
+  return float(f[band][np.argmax(power[band])])
+
+
+def test_deterministic_per_seed_and_domain():
+  a = synthetic.generate_video(3, seconds=1.0, size=(64, 64))
+  b = synthetic.generate_video(3, seconds=1.0, size=(64, 64))
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  c = synthetic.generate_video(4, seconds=1.0, size=(64, 64))
+  d = synthetic.generate_video(3, seconds=1.0, size=(64, 64), domain="shifted")
+  assert not np.array_equal(a.frames, c.frames) and not np.array_equal(a.ppg, c.ppg)
+  assert not np.array_equal(a.frames, d.frames)
+
+
+def test_shapes_and_ranges():
+  v = synthetic.generate_video(0, seconds=2.0, fps=25.0, size=(96, 80), domain="shifted")
+  assert v.frames.shape == (50, 96, 80, 3) and v.frames.dtype == np.uint8
+  assert v.ppg.shape == v.hr.shape == (50,) and v.ppg.dtype == v.hr.dtype == np.float32
+  assert v.face_box.shape == (50, 4) and v.fps == 25.0
+  assert np.isfinite(v.ppg).all() and np.all((v.hr >= 45) & (v.hr <= 150))
+  centers = v.face_box[:, :2] + v.face_box[:, 2:] / 2
+  assert np.all((centers > 0) & (centers < [80, 96]))
+  with pytest.raises(ValueError, match="unknown domain"):
+    synthetic.generate_video(0, seconds=1.0, domain="mars")
+
+
+def test_pulse_signal_is_physiological():
+  t = np.arange(30 * 20) / 30.0
+  hr_means = []
+  for seed in range(5):
+    ppg, hr = synthetic.pulse_signal(np.random.default_rng(seed), t, (45, 150))
+    assert np.all((hr >= 45) & (hr <= 150))
+    assert 0.3 < hr.std() < 8                          # variability, not chaos
+    assert abs(fft_hr(ppg + 2.0, 30.0) - hr.mean()) < 2
+    # Systolic peak + dicrotic wave: a strong second harmonic, unlike a sinusoid.
+    f, p = signal.periodogram(ppg - ppg.mean(), 30.0)
+    f0 = hr.mean() / 60
+    fundamental = p[np.abs(f - f0) < 0.1].max()
+    assert p[np.abs(f - 2 * f0) < 0.15].max() > 0.02 * fundamental
+    hr_means.append(hr.mean())
+  assert np.ptp(hr_means) > 10
+
+
+def test_pulse_colour_direction():
+  v, fc = synthetic.generate_face_crops(1, seconds=10.0, domain="clean")
+  rgb = preprocess.masked_rgb_means(fc.crops, fc.masks).astype(np.float64)
+  rel = rgb / rgb.mean(0) - 1
+  ppg = v.ppg - v.ppg.mean()
+  coef = (rel * ppg[:, None]).sum(0) / (ppg ** 2).sum()     # relative change per ppg unit
+  assert np.all(coef < 0)                                    # more blood, darker skin
+  np.testing.assert_allclose(coef / coef[1], synthetic.PBV / synthetic.PBV[1], rtol=0.2)
+  amplitude = -coef[1] * np.ptp(v.ppg)
+  assert 0.001 < amplitude < 0.012                           # 0.1..1 % of skin intensity
+
+
+def _hr_errors(domain, seeds, *, detect):
+  errors = []
+  for seed in seeds:
+    v, fc = synthetic.generate_face_crops(seed, seconds=15.0, domain=domain)
+    if detect:
+      fc = faces.face_crops(v.frames, source=f"{domain}{seed}")
+    green = preprocess.masked_rgb_means(fc.crops, fc.masks)[:, 1]
+    errors.append(abs(fft_hr(green, v.fps) - v.hr.mean()))
+  return np.array(errors)
+
+
+@pytest.mark.parametrize("domain", ["source", "shifted"])
+def test_green_fft_recovers_hr(domain):
+  """A plain FFT of the masked green mean finds the generator's HR within 2 bpm."""
+  errors = _hr_errors(domain, range(5), detect=False)
+  assert (errors < 2).sum() >= 4 and np.median(errors) < 1, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["source", "shifted"])
+def test_green_fft_recovers_hr_through_face_detection(domain):
+  """The same through the real path: Haar detection, tracking, crops, adaptive skin mask."""
+  errors = _hr_errors(domain, range(5), detect=True)
+  assert (errors < 2).sum() >= 4 and np.median(errors) < 1, errors
+
+
+@pytest.mark.parametrize("domain", ["source", "shifted"])
+def test_detector_finds_generated_faces(domain):
+  found = 0
+  for seed in range(8):
+    v = synthetic.generate_video(seed, seconds=0.1, domain=domain)
+    box = faces.detect_faces(v.frames, np.array([0]))[0]
+    if np.isnan(box[0]):
+      continue
+    known = v.face_box[0]
+    x0, y0 = np.maximum(box[:2], known[:2])
+    x1, y1 = np.minimum(box[:2] + box[2:], known[:2] + known[2:])
+    inter = max(x1 - x0, 0) * max(y1 - y0, 0)
+    iou = inter / (box[2] * box[3] + known[2] * known[3] - inter)
+    assert iou > 0.5, (seed, box, known)
+    found += 1
+  assert found >= 7
+
+
+@pytest.mark.slow
+def test_cli_writes_ubfc_layout_the_real_loader_reads(tmp_path):
+  out = tmp_path / "DATASET_2"
+  assert synthetic.main(["--out", str(out), "--num_videos", "2", "--seconds", "12",
+                         "--seed", "5", "--domain", "source"]) == 0
+  assert sorted(p.name for p in out.iterdir()) == ["subject5", "subject6"]
+  for seed in (5, 6):
+    gt = np.loadtxt(out / f"subject{seed}" / "ground_truth.txt")
+    v = video.read_video(out / f"subject{seed}" / "vid.avi")
+    expected = synthetic.generate_video(seed, seconds=12, domain="source")
+    assert gt.shape == (3, 360)
+    np.testing.assert_array_equal(v.frames, expected.frames)        # lossless FFV1
+    np.testing.assert_allclose(gt[0], expected.ppg, rtol=1e-6)
+    np.testing.assert_allclose(gt[1], expected.hr, rtol=1e-6)
+    np.testing.assert_allclose(gt[2], np.arange(360) / 30.0, atol=1e-9)
+    np.testing.assert_allclose(v.timestamps, gt[2], atol=1e-3)
+  # End to end through the real loader's steps: decode, detect and crop, green FFT.
+  fc = faces.face_crops(v.frames, source="subject6/vid.avi")
+  ppg = preprocess.resample_signal(gt[2], gt[0], v.timestamps, source="ground_truth.txt")
+  np.testing.assert_allclose(ppg, expected.ppg, atol=1e-5)
+  green = preprocess.masked_rgb_means(fc.crops, fc.masks)[:, 1]
+  assert abs(fft_hr(green, v.fps) - gt[1].mean()) < 2
+
+
+def test_cli_module_entry_point(tmp_path):
+  env = dict(os.environ, PYTHONWARNINGS="ignore")
+  result = subprocess.run(
+      [sys.executable, "-m", "metarppg_jax.data.synthetic", "--out", str(tmp_path),
+       "--num_videos", "1", "--seconds", "1", "--domain", "shifted", "--seed", "2"],
+      capture_output=True, text=True, timeout=120, env=env, check=False)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "subject2" / "vid.avi").stat().st_size > 0
+  assert np.loadtxt(tmp_path / "subject2" / "ground_truth.txt").shape == (3, 30)
+  result = subprocess.run(
+      [sys.executable, "-m", "metarppg_jax.data.synthetic", "--out", str(tmp_path),
+       "--seconds", "-1"], capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0 and "must be positive" in result.stderr
+
+
+def test_benchmark_generation():
+  result = synthetic.benchmark_generation(seconds=1.0, repeats=1)
+  assert result["synthetic_s_per_video_minute"] > 0
