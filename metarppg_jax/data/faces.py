@@ -291,13 +291,16 @@ def face_crops(frames: np.ndarray, *, size: int = 64, detect_every: int = 10,
   """
   frames = np.asarray(frames)
   name = source or "video"
+  if size < 1 or detect_every < 1 or enlarge <= 0 or not 0 <= min_face_fraction <= 1:
+    raise ValueError(f"bad face_crops arguments: size={size}, detect_every={detect_every}, "
+                     f"enlarge={enlarge}, min_face_fraction={min_face_fraction}")
   if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
     raise DataError(f"{name}: frames must be uint8[T, H, W, 3], got {frames.dtype} "
                     f"{frames.shape}")
   t, height, width = frames.shape[:3]
   if t == 0:
     raise DataError(f"{name}: no frames")
-  keys = np.unique(np.append(np.arange(0, t, max(int(detect_every), 1)), t - 1))
+  keys = np.unique(np.append(np.arange(0, t, int(detect_every)), t - 1))
   found = _consistent(detect_candidates(frames, keys))
   ok = ~np.isnan(found[:, 0])
   if not ok.any():

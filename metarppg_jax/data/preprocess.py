@@ -209,6 +209,8 @@ def quantize_ppg(ppg: np.ndarray, levels: int = NUM_LEVELS) -> tuple[np.ndarray,
   Returns:
     (i32[..., T] levels in 0..levels-1, bool[...] valid).
   """
+  if levels < 2:
+    raise ValueError(f"levels must be >= 2, got {levels}")
   g = np.asarray(ppg, np.float64)
   finite = np.isfinite(g).all(axis=-1)
   g_safe = np.where(np.isfinite(g), g, 0.0)
