@@ -201,3 +201,10 @@ def test_eval_videos(source):
   half = [v["video_id"] for v in ip.eval_videos(source, window=W, process_index=1,
                                                  process_count=2)]
   assert half == ["v1", "v3"]
+
+
+def test_benchmark_pipeline_reports_units(source):
+  figures = ip.benchmark_pipeline(config(), source, num_batches=2, read_threads=1)
+  assert set(figures) == {"pipeline_clips_per_s", "pipeline_cpu_s_per_clip",
+                          "pipeline_startup_s"}
+  assert all(v > 0 for v in figures.values())
