@@ -131,13 +131,6 @@ def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
   return np.arange(0, max(int(num_frames) - window + 1, 0), stride, dtype=np.int64)
 
 
-def _safe_masks(masks: np.ndarray) -> np.ndarray:
-  """f32 masks in {0, 1}; a window whose mask is empty counts every pixel as skin."""
-  m = (np.asarray(masks) > 0).astype(np.float32)
-  empty = m.sum(axis=(-3, -2, -1), keepdims=True) == 0
-  return np.where(empty, np.float32(1), m)
-
-
 def normalize_clip(frames: np.ndarray, masks: np.ndarray, mode: str = "sound") -> np.ndarray:
   """Normalises windows of face crops.
 
@@ -167,31 +160,46 @@ def normalize_clip(frames: np.ndarray, masks: np.ndarray, mode: str = "sound") -
   Returns:
     f32[..., T, H, W, 3].
   """
-  x = np.asarray(frames, np.float32)
-  if x.shape[-1] != 3 or x.shape[:-1] != np.shape(masks):
-    raise ValueError(f"frames {x.shape} and masks {np.shape(masks)} must be [..., T, H, W, 3] "
-                     "and [..., T, H, W]")
-  m = _safe_masks(masks)
-  count = m.sum(axis=(-3, -2, -1), dtype=np.float64)[..., None]                # [..., 1]
-  if mode == "reference":
-    total = x.sum(axis=(-4, -3, -2), dtype=np.float64)                          # [..., 3]
-    mean = (total / count).astype(np.float32)
-    return x - mean[..., None, None, None, :]
-  if mode != "sound":
+  frames = np.asarray(frames)
+  if frames.shape[-1] != 3 or frames.shape[:-1] != np.shape(masks) or frames.ndim < 4:
+    raise ValueError(f"frames {frames.shape} and masks {np.shape(masks)} must be "
+                     "[..., T, H, W, 3] and [..., T, H, W]")
+  if mode not in ("sound", "reference"):
     raise ValueError(f"mode must be 'sound' or 'reference', got {mode!r}")
-  mw = m[..., None]
-  skin_sum = (x * mw).sum(axis=(-4, -3, -2), dtype=np.float64)                  # [..., 3]
-  mean = np.maximum(skin_sum / count, 1e-6).astype(np.float32)
-  rel = x / mean[..., None, None, None, :] - 1.0
-  # Per-frame masked mean of the relative colour, then its least-squares line over time.
-  per_frame = (rel * mw).sum(axis=(-3, -2)) / np.maximum(m.sum(axis=(-2, -1)), 1)[..., None]
-  t = np.arange(x.shape[-4], dtype=np.float32)
-  tc = t - t.mean()
-  denom = max(float((tc ** 2).sum()), 1.0)
-  level = per_frame.mean(axis=-2, keepdims=True)                                 # [..., 1, 3]
-  slope = (per_frame * tc[:, None]).sum(axis=-2, keepdims=True) / denom          # [..., 1, 3]
-  trend = level + slope * tc[:, None]                                            # [..., T, 3]
-  return ((rel - trend[..., None, None, :]) * mw).astype(np.float32)
+  *lead, t, h, w, _ = frames.shape
+  m = np.asarray(masks) > 0
+  frame_count = m.sum(axis=(-2, -1))                                           # [..., T]
+  empty = frame_count.sum(axis=-1) == 0                                        # [...]
+  if empty.any():                      # an empty window: every pixel counts as skin
+    m = m | empty[..., None, None, None]
+    frame_count = m.sum(axis=(-2, -1))
+  count = frame_count.sum(axis=-1, dtype=np.float64)[..., None]                # [..., 1]
+  if mode == "reference":
+    total = frames.reshape(*lead, t * h * w, 3).sum(axis=-2, dtype=np.float64)  # [..., 3]
+    mean = (total / count).astype(np.float32)
+    return np.subtract(frames, mean[..., None, None, None, :], dtype=np.float32)
+  x = frames.astype(np.float32, copy=False)
+  mf = m.astype(np.float32)
+  # Per-frame skin sums as one batched mat-vec: [..., T, 1, HW] @ [..., T, HW, 3].
+  frame_sum = np.matmul(mf.reshape(*lead, t, 1, h * w),
+                        x.reshape(*lead, t, h * w, 3))[..., 0, :].astype(np.float64)
+  mean = np.maximum(frame_sum.sum(axis=-2) / count, 1e-6)                      # [..., 3]
+  # Per-frame skin mean of the relative colour x / mean - 1, and its least-squares line over
+  # the frames that have skin.
+  has_skin = (frame_count > 0).astype(np.float64)                             # [..., T]
+  per_frame = frame_sum / np.maximum(frame_count, 1)[..., None] / mean[..., None, :] - 1
+  tt = np.arange(t, dtype=np.float64)
+  wsum = has_skin.sum(axis=-1, keepdims=True)
+  tbar = (has_skin * tt).sum(axis=-1, keepdims=True) / wsum                    # [..., 1]
+  tc = (tt - tbar) * has_skin                                                  # [..., T]
+  level = (per_frame * has_skin[..., None]).sum(axis=-2) / wsum                # [..., 3]
+  slope = (per_frame * tc[..., None]).sum(axis=-2) / np.maximum(
+      (tc ** 2).sum(axis=-1, keepdims=True), 1e-12)                            # [..., 3]
+  trend = level[..., None, :] + slope[..., None, :] * (tt - tbar)[..., None]   # [..., T, 3]
+  out = x * (1 / mean).astype(np.float32)[..., None, None, None, :]
+  out -= (1 + trend).astype(np.float32)[..., :, None, None, :]
+  out *= mf[..., None]
+  return out
 
 
 def quantize_ppg(ppg: np.ndarray, levels: int = NUM_LEVELS) -> tuple[np.ndarray, np.ndarray]:
@@ -244,5 +252,8 @@ def masked_rgb_means(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
                      "[..., T, H, W]")
   count = m.sum(axis=(-2, -1))
   m = np.where((count == 0)[..., None, None], np.float32(1), m)
-  sums = np.einsum("...hwc,...hw->...c", x.astype(np.float32), m, dtype=np.float64)
-  return (sums / m.sum(axis=(-2, -1), dtype=np.float64)[..., None]).astype(np.float32)
+  *lead, h, w = m.shape
+  # One batched mat-vec a frame: [..., 1, HW] @ [..., HW, 3].
+  sums = np.matmul(m.reshape(*lead, 1, h * w),
+                   x.astype(np.float32, copy=False).reshape(*lead, h * w, 3))[..., 0, :]
+  return (sums / m.sum(axis=(-2, -1))[..., None]).astype(np.float32)
