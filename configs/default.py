@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.cosine_t_max = 5
   config.optim.cosine_floor = 0.1
   config.optim.num_epochs = 2
-  config.optim.steps_per_epoch = 40
+  config.optim.steps_per_epoch = 10        # small: the whole run fits a 2-core CPU budget
   config.optim.nonfinite = "stop"          # stop | skip
 
   # --- data ----------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- checkpoints and logging ---------------------------------------------------------------
   config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 20
+  config.checkpoint.every_steps = 10
   config.checkpoint.max_to_keep = 3
   config.checkpoint.async_save = True
   config.log_every_steps = 10
