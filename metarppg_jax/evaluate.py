@@ -54,6 +54,7 @@ REPORT_FILE = "report.md"
 HISTORY_FILE = "history.json"
 VIDEOS_PER_CALL = 2     # videos a jitted evaluation call adapts at once (bounds memory)
 HEATMAP_VIDEOS = 1
+HEATMAP_WINDOWS = 2     # query windows animated (4 s)
 METHOD_TITLES = {"meta_rppg": "Meta-rPPG", "no_adaptation": "no adaptation",
                  "green": "GREEN", "chrom": "CHROM", "pos": "POS", "ica": "ICA"}
 
@@ -212,8 +213,9 @@ def validation_mae(config: ml_collections.ConfigDict, state: meta.TrainState, so
 
 def saliency(config: ml_collections.ConfigDict, state: meta.TrainState, video: np.ndarray, *,
              adapt: bool) -> np.ndarray:
-  """|d (sum of the expected level) / d input| summed over colour: video f32[S + Q, T, H, W, C]
-  -> f32[Q T, H, W] over the query frames, for the model with or without adaptation."""
+  """|d (sum of the expected level) / d input| summed over colour: video f32[S + Q', T, H, W, C]
+  (support and the query windows to show) -> f32[Q' T, H, W], for the model with or without
+  adaptation. The queries are one batch (batch norm in train mode, as in evaluation)."""
   s = config.meta.fewshots
   video = jnp.asarray(video)
   params, stats = state.params, state.batch_stats
@@ -347,20 +349,24 @@ def _plots(config, workdir: pathlib.Path, data: EvalData, sigs: dict, results: d
   return figures
 
 
-def _heatmaps(config, workdir: pathlib.Path, state, source, data: EvalData, sigs: dict
-              ) -> list[tuple[str, pathlib.Path]]:
+def _heatmaps(config, workdir: pathlib.Path, state, source, data: EvalData, sigs: dict,
+              results: dict) -> list[tuple[str, pathlib.Path]]:
+  scores = results["meta_rppg"][data.split]
   figures = []
   for i in range(min(HEATMAP_VIDEOS, len(data.video_ids))):
     crops = _raw_query_crops(config, source, data.video_ids[i])
     if crops is None:
       continue
-    before = saliency(config, state, data.x[i], adapt=False)
-    after = saliency(config, state, data.x[i], adapt=True)
-    sig = sigs["meta_rppg"][i]
+    # The first HEATMAP_WINDOWS query windows (a gradient per input pixel is costly).
+    shown = config.meta.fewshots + min(HEATMAP_WINDOWS, config.eval.queries)
+    frames = (shown - config.meta.fewshots) * config.data.window
+    before = saliency(config, state, data.x[i, :shown], adapt=False)
+    after = saliency(config, state, data.x[i, :shown], adapt=True)
+    crops, sig = crops[:frames], sigs["meta_rppg"][i, :frames]
     path = reports.heatmap_animation(
         workdir / "plots" / f"heatmap_{data.video_ids[i]}.gif", crops, before, after, sig,
-        data.fps, float(_hr(config, sig, data.fps)),
-        float(np.nanmean(true_hr(config, data)[i])))
+        data.fps, float(np.nanmean(scores["hr_pred"][i])),  # the video's mean window HRs
+        float(np.nanmean(scores["hr_true"][i])))
     figures.append((f"Saliency |d expected level / d input| without and with adaptation, "
                     f"video {data.video_ids[i]}", path))
   return figures
@@ -411,18 +417,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, stat
   truth = true_hr(config, data)
   results = {m: {data.split: score(config, sig, truth, data)} for m, sig in sigs.items()}
 
+  table = {m: {data.split: {k: v for k, v in r[data.split].items()
+                            if k not in ("hr_pred", "hr_true")}} for m, r in results.items()}
+  metrics_path = reports.write_metrics_json(workdir / METRICS_FILE, table)
+  notes = _notes(config, table, data, checkpoint)
+  write_report = lambda figures: reports.write_report_md(
+      workdir / REPORT_FILE, {METHOD_TITLES[m]: r for m, r in table.items()},
+      title="Meta-rPPG evaluation", notes=notes, figures=figures)
+  report_path = write_report([])  # the table first: plots take a while
   figures = []
   if plots:
     figures += _plots(config, workdir, data, sigs, results)
     if "meta_rppg" in methods:
-      figures += _heatmaps(config, workdir, state, source, data, sigs)
-  table = {m: {data.split: {k: v for k, v in r[data.split].items()
-                            if k not in ("hr_pred", "hr_true")}} for m, r in results.items()}
-  metrics_path = reports.write_metrics_json(workdir / METRICS_FILE, table)
-  report_path = reports.write_report_md(
-      workdir / REPORT_FILE, {METHOD_TITLES[m]: r for m, r in table.items()},
-      title="Meta-rPPG evaluation", notes=_notes(config, table, data, checkpoint),
-      figures=figures)
+      figures += _heatmaps(config, workdir, state, source, data, sigs, results)
+    report_path = write_report(figures)
   for m, r in table.items():
     v = r[data.split]
     logging.info("%-14s %s: MAE %.2f bpm, RMSE %.2f, r %.3f, SNR %.2f dB (%d windows)",
