@@ -119,6 +119,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  del entry  # imported for its flags
   flags.DEFINE_list("variants", list(VARIANTS), f"Which of {VARIANTS}.")
-  app.run(main)
+  app.run(main, flags_parser=entry.parse_flags)

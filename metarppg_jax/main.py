@@ -56,6 +56,24 @@ def run(config, workdir: str) -> dict:
   return evaluate.evaluate(config, workdir)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad command line reported as a one-line error (exit 1).
+
+  ml_collections raises AttributeError / KeyError / TypeError / ValueError from inside flag
+  parsing for an override that names no config field or has the wrong type.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    print(f"error: ConfigError: bad config on the command line ({type(e).__name__}: {e}); "
+          f"check the overrides {overrides}: each must name a field of the config file "
+          "(e.g. --config.optim.lr=0.001) with a value of its type", file=sys.stderr)
+  sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
@@ -69,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

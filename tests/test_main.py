@@ -20,16 +20,16 @@ def _run(args, timeout, cwd=REPO):
 
 def test_unknown_field_is_refused_before_work(tmp_path):
   out = _run(["--config", "configs/default.py", "--workdir", str(tmp_path / "w"),
-              "--config.optim.lrate=0.1"], timeout=120)
-  assert out.returncode != 0
-  assert "lrate" in out.stderr
+              "--config.optim.lrate=0.1"], timeout=400)
+  assert out.returncode == 1
+  assert "ConfigError" in out.stderr and "lrate" in out.stderr
   assert "Traceback" not in out.stderr
   assert not (tmp_path / "w" / "data").exists()
 
 
 def test_bad_value_is_a_config_error(tmp_path):
   out = _run(["--config", "configs/default.py", "--workdir", str(tmp_path / "w"),
-              "--config.optim.lr=-0.001"], timeout=120)
+              "--config.optim.lr=-0.001"], timeout=400)
   assert out.returncode == 1
   assert "ConfigError" in out.stderr and "optim.lr=-0.001: must be > 0" in out.stderr
   assert "Traceback" not in out.stderr
@@ -38,7 +38,7 @@ def test_bad_value_is_a_config_error(tmp_path):
 
 def test_training_a_classical_method_is_refused(tmp_path):
   out = _run(["--config", "configs/default.py", "--workdir", str(tmp_path / "w"),
-              "--config.method=pos"], timeout=120)
+              "--config.method=pos"], timeout=400)
   assert out.returncode == 1 and "nothing to train" in out.stderr
 
 
