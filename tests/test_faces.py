@@ -123,3 +123,11 @@ def test_false_positives_are_dropped():
   assert np.isnan(boxes[5]).all()
   np.testing.assert_allclose(boxes[[0, 1, 2, 4, 6, 7]], face + np.array([[0], [1], [2], [4],
                                                                          [6], [7]]))
+
+
+def test_the_recurring_detection_wins_over_a_larger_one():
+  face = np.array([40.0, 40.0, 50.0, 50.0], np.float32)
+  other = np.array([46.0, 58.0, 60.0, 60.0], np.float32)       # near, larger, intermittent
+  candidates = [np.stack([face, other]) if k % 2 == 0 else face[None] for k in range(12)]
+  boxes = faces._consistent(candidates)  # pylint: disable=protected-access
+  np.testing.assert_allclose(boxes, np.broadcast_to(face, (12, 4)))

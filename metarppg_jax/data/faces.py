@@ -1,8 +1,8 @@
 """Face crops and skin masks: the one face-crop path of the project.
 
 `face_crops` runs OpenCV's frontal-face Haar cascade every `detect_every` frames on a
-downscaled grey frame, keeps the face consistent with its neighbours in time (the running
-median of the largest detections), interpolates the boxes between detections (and
+downscaled grey frame, keeps the face consistent with its neighbours in time (the detection
+seen most often nearby, then a running median), interpolates the boxes between detections (and
 holds them before the first / after the last), smooths them over time, makes them square and
 `enlarge` times larger, moves them inside the frame, then crops and resizes (INTER_AREA) every
 frame to `size x size` and computes a skin mask.
@@ -29,7 +29,7 @@ CR_RANGE = (133, 173)
 CB_RANGE = (77, 127)
 ADAPTIVE_CHROMA = 10          # |Cr - Cr_face|, |Cb - Cb_face| of skin, in 8-bit units
 ADAPTIVE_LUMA = (0.6, 1.5)    # skin luma relative to the face's median
-CENTER_MEDIAN = 3             # running median over detections of the box centre
+CENTER_MEDIAN = 5             # running median over detections of the box centre
 SIDE_MEDIAN = 9               # ... and of its side (faces rarely change size fast)
 TRACK_MEDIAN = 9              # keyframes in the running median a detection must agree with
 TRACK_TOLERANCE = 0.5         # how far (in box sides) a detection may lie from it
@@ -96,33 +96,67 @@ def _largest(candidates: list[np.ndarray]) -> np.ndarray:
   return boxes
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Intersection over union of boxes f[N, 4] x f[M, 4] -> f[N, M]."""
+  x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+  y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+  x1 = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
+  y1 = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
+  inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+  union = (a[:, None, 2] * a[:, None, 3] + b[None, :, 2] * b[None, :, 3]) - inter
+  return inter / np.maximum(union, 1e-6)
+
+
+def _supported(candidates: list[np.ndarray]) -> np.ndarray:
+  """Per keyframe the candidate seen most often nearby in time: f32[K, 4], NaN where none.
+
+  A candidate's support is the number of the `TRACK_MEDIAN` - 1 neighbouring keyframes with a
+  detection overlapping it (IoU > 0.5); ties go to the larger box. A face is found again and
+  again; a false positive or a box at the wrong scale comes and goes.
+  """
+  half = TRACK_MEDIAN // 2
+  boxes = np.full((len(candidates), 4), np.nan, np.float32)
+  for k, c in enumerate(candidates):
+    if not len(c):
+      continue
+    if len(c) == 1:
+      boxes[k] = c[0]
+      continue
+    support = np.zeros(len(c))
+    for j in range(max(k - half, 0), min(k + half + 1, len(candidates))):
+      if j != k and len(candidates[j]):
+        support += _iou(c, candidates[j]).max(axis=1) > 0.5
+    boxes[k] = c[np.lexsort((c[:, 2] * c[:, 3], support))[-1]]
+  return boxes
+
+
 def _consistent(candidates: list[np.ndarray]) -> np.ndarray:
   """One box a keyframe, consistent over time: f32[K, 4], NaN where none fits.
 
-  The reference at each keyframe is the running median (over `TRACK_MEDIAN` keyframes) of the
-  largest detections; each keyframe keeps its candidate nearest to it, if that one is within
-  `TRACK_TOLERANCE` of a side in position and scale. Sporadic false positives (often larger
-  than the face in noisy frames) are dropped and bridged like misses.
+  The reference at each keyframe is the running median (over `TRACK_MEDIAN` keyframes) of
+  the best-supported detections (`_supported`); each keyframe keeps its candidate nearest to
+  it, if that one is within `TRACK_TOLERANCE` of a side in position and scale. Sporadic false
+  positives (often larger than the face in noisy frames) are dropped and bridged like misses.
   """
-  largest = _largest(candidates)
-  ok = ~np.isnan(largest[:, 0])
+  best = _supported(candidates)
+  ok = ~np.isnan(best[:, 0])
   if not ok.any():
-    return largest
-  track = np.stack([largest[:, 0] + largest[:, 2] / 2, largest[:, 1] + largest[:, 3] / 2,
-                    largest[:, 2]], axis=1)
+    return best
+  track = np.stack([best[:, 0] + best[:, 2] / 2, best[:, 1] + best[:, 3] / 2, best[:, 2]],
+                   axis=1)
   ref_ok = _running_median(track[ok], TRACK_MEDIAN)
   idx = np.arange(len(candidates))
   ref = np.stack([np.interp(idx, idx[ok], r) for r in ref_ok.T], axis=1)
-  boxes = np.full_like(largest, np.nan)
+  boxes = np.full_like(best, np.nan)
   for k, c in enumerate(candidates):
     if not len(c):
       continue
     centers = c[:, :2] + c[:, 2:] / 2
     offset = np.linalg.norm(centers - ref[k, :2], axis=1) / ref[k, 2]
     size = np.abs(np.log(c[:, 2] / ref[k, 2]))
-    best = np.argmin(offset + size)
-    if offset[best] <= TRACK_TOLERANCE and size[best] <= np.log(1 + 2 * TRACK_TOLERANCE):
-      boxes[k] = c[best]
+    pick = np.argmin(offset + size)
+    if offset[pick] <= TRACK_TOLERANCE and size[pick] <= np.log(1 + 2 * TRACK_TOLERANCE):
+      boxes[k] = c[pick]
   return boxes
 
 
