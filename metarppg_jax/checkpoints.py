@@ -108,9 +108,11 @@ def from_tree(target: PyTree, tree: dict) -> PyTree:
 
 
 def _abstract(tree: dict) -> dict:
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype
-                                                     if not hasattr(x, "dtype") else x.dtype),
-                      tree)
+  """Restore targets; a leaf that is a jax.Array brings its sharding, so a checkpoint written
+  on one mesh restores onto the target's (another device count; `sharding.shard_train_state`)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
+      sharding=x.sharding if isinstance(x, jax.Array) else None), tree)
 
 
 def _leaf_names(tree) -> dict[str, Any]:
