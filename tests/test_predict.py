@@ -21,6 +21,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
+def config_dir(tmp_path_factory):
+  """A workdir with only config.json: enough for every check made before the model loads."""
+  path = tmp_path_factory.mktemp("config_only")
+  configuration.write(configuration.from_file(REPO / "configs" / "tiny.py"), path)
+  return path
+
+
+@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A workdir with config.json and a checkpoint (an initialised model: predict's plumbing,
   not the model's accuracy, is under test)."""
@@ -39,6 +47,7 @@ def _write(path, seconds, *, codec="h264", seed=1):
   return v
 
 
+@pytest.mark.slow
 def test_predict_on_a_written_video(tmp_path, workdir):
   path = tmp_path / "face.mp4"
   _write(path, 6.0)
@@ -57,44 +66,44 @@ def test_predict_on_a_written_video(tmp_path, workdir):
   assert pathlib.Path(files["plot"]).is_file() and pathlib.Path(files["spectrum"]).is_file()
 
 
-def test_avi_and_mov_are_read(tmp_path, workdir):
-  config = configuration.read(workdir)
+def test_avi_and_mov_are_read(tmp_path, config_dir):
+  config = configuration.read(config_dir)
   for name, codec in (("a.avi", "mjpeg"), ("b.mov", "h264")):
     _write(tmp_path / name, 4.0, codec=codec)
     clip = predict.load_clip(tmp_path / name, config)
     assert clip["x"].shape == (2, 60, 64, 64, 3)
 
 
-def test_too_short_video(tmp_path, workdir):
+def test_too_short_video(tmp_path, config_dir):
   path = tmp_path / "short.mp4"
   _write(path, 3.0)
   with pytest.raises(DataError, match=r"too short: 90 frames .* needs at least 120 frames"):
-    predict.load_clip(path, configuration.read(workdir))
+    predict.load_clip(path, configuration.read(config_dir))
 
 
-def test_no_face(tmp_path, workdir):
+def test_no_face(tmp_path, config_dir):
   path = tmp_path / "wall.avi"
   rng = np.random.default_rng(0)
   frames = np.full((150, 96, 96, 3), 128, np.uint8) + rng.integers(0, 3, (150, 96, 96, 3),
                                                                     dtype=np.uint8)
   video_lib.write_video(path, frames, 30.0, codec="mjpeg")
   with pytest.raises(DataError, match="no face"):
-    predict.load_clip(path, configuration.read(workdir))
+    predict.load_clip(path, configuration.read(config_dir))
 
 
-def _cli(args, timeout=300):
+def _cli(args, timeout=400):
   return subprocess.run([sys.executable, "-m", "metarppg_jax.predict", *args], cwd=REPO,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
                         text=True, timeout=timeout)
 
 
-def test_cli_errors_exit_1_without_traceback(tmp_path, workdir):
+def test_cli_errors_exit_1_without_traceback(tmp_path, config_dir):
   garbage = tmp_path / "broken.mp4"
   garbage.write_bytes(b"this is not a video" * 100)
   short = tmp_path / "short.mov"
   _write(short, 2.0)
   for path, message in ((garbage, "broken.mp4"), (short, "too short"),
                         (tmp_path / "missing.mp4", "file not found")):
-    out = _cli([str(path), "--workdir", str(workdir)])
+    out = _cli([str(path), "--workdir", str(config_dir)])
     assert out.returncode == 1, out.stderr[-2000:]
     assert message in out.stderr and "Traceback" not in out.stderr
