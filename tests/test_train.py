@@ -6,6 +6,7 @@ import pathlib
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -57,18 +58,18 @@ def test_resume_from_a_middle_checkpoint_is_exact(tmp_path, data_dir):
 
 
 def _poisoned_step(monkeypatch, bad_step: int):
-  """meta.make_meta_train_step whose metrics report a NaN ordinal loss at `bad_step`."""
+  """meta.make_meta_train_step whose metrics report a NaN ordinal loss at `bad_step` (traceable:
+  the trainer may jit it again)."""
   real = meta.make_meta_train_step
 
   def make(config, **kwargs):
     step = real(config, **kwargs)
 
     def poisoned(state, batch):
-      n = int(state.step)
+      n = state.step
       state, metrics = step(state, batch)
-      if n + 1 == bad_step:
-        metrics = dict(metrics, ordloss=np.float32(np.nan))
-      return state, metrics
+      bad = jnp.where(n + 1 == bad_step, jnp.nan, metrics["ordloss"])
+      return state, dict(metrics, ordloss=bad.astype(metrics["ordloss"].dtype))
     return poisoned
   monkeypatch.setattr(meta, "make_meta_train_step", make)
 
