@@ -8,8 +8,12 @@ with their unit (DESIGN.md): outer_step_median_s, outer_step_spread_s (interquar
 compile_s, eval_frames_per_s (one video's transductive test, frames counted over its query
 frames), eval_batch_frames_per_s (a vmapped batch of videos), gflops_per_s (XLA's FLOP count
 of the compiled outer step / its median time), matmul_peak_gflops_per_s (a jitted float32
-4096 matmul), peak_memory_mb (the process's maximum resident set). Defaults: the reference
-config, 3 tasks x 60 frames x 64x64, fewshots 1, as the original's defaults.
+4096 matmul), peak_memory_mb (the process's maximum resident set). Section `scaling` (not
+run by default: `--sections scaling`) adds the scaling-out table: `scaling` (one row per fake
+CPU device count of `--scaling_devices`, each run in its own process) and
+scaling_<d>dev_outer_step_median_s, scaling_<d>dev_tasks_per_s,
+scaling_<d>dev_ring_bytes_per_device_per_step, scaling_allreduce_bytes_per_step. Defaults: the
+reference config, 3 tasks x 60 frames x 64x64, fewshots 1, as the original's defaults.
 
 The original PyTorch release on this 2-core CPU (issue 3, machine otherwise idle): a median
 2.4-2.5 s per outer iteration; one transductive test (1 support + 3 query windows) 0.38-0.40 s,
@@ -133,7 +137,109 @@ def bench_eval(args, out):
   out["eval_batch_vs_original"] = out["eval_batch_frames_per_s"] / ORIGINAL_EVAL_FRAMES_PER_S
 
 
-SECTIONS = {"matmul": bench_matmul, "outer_step": bench_outer_step, "eval": bench_eval}
+# --------------------------------------------------------------------------------------------
+# Scaling out (issue 6): the sharded outer step on 1, 2, 4, ... devices.
+# --------------------------------------------------------------------------------------------
+
+def _tree_bytes(tree):
+  return int(sum(np.dtype(x.dtype).itemsize * int(np.prod(x.shape))
+                 for x in jax.tree.leaves(tree)))
+
+
+def communication_per_step(config, params, devices):
+  """Bytes the data-parallel outer step all-reduces, from the parameter shapes.
+
+  With the parameters replicated and the tasks split, every gradient of a replicated
+  parameter is summed over the devices once per optimizer step: `fewshots` synthetic-gradient
+  steps on the adapted nets (meta.adapt_position), then per learning window (2) theta and phi
+  and, with the synthetic gradient, psi. Batch-norm moments and loss terms add a few KB. A ring
+  all-reduce sends 2 (d - 1) / d of the buffer per device.
+  """
+  s = meta.settings(config)
+  size = {k: _tree_bytes(v) for k, v in params.items()}
+  windows = 2 if s.meta_learning else 3
+  learn = ("theta", "phi") + (("psi",) if s.meta_learning and s.synthetic_gradient else ())
+  adapt = s.adapted_nets if s.meta_learning and s.synthetic_gradient else ()
+  total = windows * sum(size[k] for k in learn) + s.fewshots * sum(size[k] for k in adapt)
+  return {"param_bytes": size, "allreduce_bytes_per_step": total,
+          "ring_bytes_per_device_per_step": 2 * (devices - 1) / devices * total}
+
+
+def _scaling_worker(args):
+  """One device count (set by XLA_FLAGS before this process imported JAX): the sharded step."""
+  from metarppg_jax import sharding  # pylint: disable=g-import-not-at-top
+  config = _config(args)
+  n, s = args.scaling_tasks, args.size
+  config.data.tasks_per_batch = n
+  mesh = sharding.make_mesh(config)
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  batch = {"x": _clips(keys[0], (n, 3, 60, s, s, 3)),
+           "targets": jax.random.randint(keys[1], (n, 3, 60), 0, 40),
+           "valid": jnp.ones((n, 3), bool)}
+  if meta.settings(config).test_in_step:
+    batch["test_x"] = _clips(keys[2], (args.fewshots + n, 60, s, s, 3))
+    batch["test_targets"] = jax.random.randint(keys[1], (args.fewshots + n, 60), 0, 40)
+  batch = sharding.shard_host_batch(jax.device_get(batch), mesh)
+  state = sharding.create_sharded_train_state(config, jax.random.PRNGKey(0), mesh, num_tasks=n)
+  step = sharding.jit_sharded_step(meta.make_meta_train_step(config), mesh, state, batch)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  state, _ = compiled(state, batch)  # warm-up
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  median = statistics.median(times)
+  devices = int(mesh.devices.size)
+  return {"devices": devices, "tasks": n, "outer_step_median_s": median,
+          "outer_step_spread_s": _spread(times), "compile_s": compile_s,
+          "tasks_per_s": n / median,
+          "flops_per_device": float(cost.get("flops", 0.0)) if cost else 0.0,
+          **communication_per_step(config, jax.device_get(state.params), devices)}
+
+
+def bench_scaling(args, out):
+  """Outer step time and tasks/s on 1, 2, 4 (`--scaling_devices`) fake CPU devices, each in
+  its own process (the device count is fixed before JAX starts), N = `--scaling_tasks` tasks
+  (a global batch: each device gets N / d), and the all-reduce volume from the shapes.
+
+  Fake devices share this machine's cores, so expect no speed-up: the table shows that the
+  sharded program is correct to run and what the partitioning costs (`overhead_vs_1`).
+  """
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  rows = []
+  for d in [int(v) for v in args.scaling_devices.split(",")]:
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "row.json")
+      cmd = [sys.executable, os.path.abspath(__file__), "--scaling_worker", path,
+             "--config", args.config, "--size", str(args.size), "--fewshots",
+             str(args.fewshots), "--repeats", str(args.repeats), "--scaling_tasks",
+             str(args.scaling_tasks)]
+      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}",
+                 JAX_PLATFORMS="cpu")
+      subprocess.run(cmd, env=env, check=True, timeout=args.scaling_timeout_s)
+      with open(path) as f:
+        rows.append(json.load(f))
+  base = rows[0]["outer_step_median_s"]
+  for row in rows:
+    row["overhead_vs_1"] = row["outer_step_median_s"] / base
+  out["scaling"] = rows
+  for row in rows:
+    d = row["devices"]
+    out[f"scaling_{d}dev_outer_step_median_s"] = row["outer_step_median_s"]
+    out[f"scaling_{d}dev_tasks_per_s"] = row["tasks_per_s"]
+    out[f"scaling_{d}dev_ring_bytes_per_device_per_step"] = row["ring_bytes_per_device_per_step"]
+  out["scaling_allreduce_bytes_per_step"] = rows[0]["allreduce_bytes_per_step"]
+
+
+SECTIONS = {"matmul": bench_matmul, "outer_step": bench_outer_step, "eval": bench_eval,
+            "scaling": bench_scaling}
 
 
 def main(argv=None):
@@ -146,7 +252,18 @@ def main(argv=None):
   ap.add_argument("--fewshots", type=int, default=1)
   ap.add_argument("--repeats", type=int, default=7)
   ap.add_argument("--eval_videos", type=int, default=4)
+  ap.add_argument("--scaling_devices", default="1,2,4",
+                  help="section scaling: fake CPU device counts, one process each")
+  ap.add_argument("--scaling_tasks", type=int, default=4,
+                  help="section scaling: tasks in the global batch (divisible by each count)")
+  ap.add_argument("--scaling_timeout_s", type=float, default=1800)
+  ap.add_argument("--scaling_worker", help=argparse.SUPPRESS)  # internal: JSON row path
   args = ap.parse_args(argv)
+  if args.scaling_worker:
+    row = _scaling_worker(args)
+    with open(args.scaling_worker, "w") as f:
+      json.dump(row, f)
+    return 0
   out = {"jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()],
          "tasks": args.tasks, "size": args.size, "fewshots": args.fewshots,
          "config": os.path.relpath(args.config, REPO),
