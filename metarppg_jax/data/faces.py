@@ -41,8 +41,8 @@ class FaceCrops(NamedTuple):
   crops: uint8[T, size, size, 3] RGB.
   masks: uint8[T, size, size], skin = 1, else 0.
   boxes: f32[T, 4] (x, y, w, h) in source pixels, after smoothing, enlarging and clipping.
-  detected: bool[T], frames where the detector itself found a face (only detection frames
-    can be True).
+  detected: bool[T], frames where the detector itself found a face consistent with the
+    track (only detection frames can be True; elsewhere the box is interpolated or held).
   """
   crops: np.ndarray
   masks: np.ndarray
