@@ -1,6 +1,7 @@
 """Checkpoints: save/restore round trip, keep N, best by validation MAE, corrupt-newest
 fallback, refusal of a checkpoint from another config, original import."""
 
+import pathlib
 from typing import Any
 
 import flax
@@ -121,3 +122,27 @@ def test_restore_by_path(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(CheckpointError, match="not a checkpoint"):
     checkpoints.restore_path(tmp_path / "empty", _state())
+
+
+def test_original_checkpoint_import_is_restorable(tmp_path, reference_dir):
+  """An original .npz becomes an orbax checkpoint that evaluate restores like any other."""
+  from metarppg_jax import configuration  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import original_checkpoint  # pylint: disable=g-import-not-at-top
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  source = reference_dir / "checkpoint.npz"
+  config = configuration.from_file(repo / "configs" / "reference.py",
+                                   {"data.tasks_per_batch": 2})  # the file's (h, c) are for 2
+  step_dir = checkpoints.import_original(source, config, tmp_path)
+  assert step_dir.is_dir()
+  restored = checkpoints.restore_latest(tmp_path, checkpoints.target_state(config))
+  original = original_checkpoint.load(source)
+  np.testing.assert_array_equal(np.asarray(restored.state.params["theta"]["conv1"]["kernel"]),
+                                original.params["theta"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(np.asarray(restored.state.prototype), original.prototype)
+  # The .npz path itself works as restore_from too, and a wrong N is named.
+  config.restore_from = str(source)
+  direct = checkpoints.restore(config, tmp_path / "unused", None)
+  np.testing.assert_array_equal(np.asarray(direct.state.lstm_state[0]), original.lstm_state[0])
+  bad = configuration.from_file(repo / "configs" / "reference.py")
+  with pytest.raises(CheckpointError, match="tasks_per_batch=2"):
+    checkpoints.load_original(source, bad)
