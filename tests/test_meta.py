@@ -116,7 +116,7 @@ def test_vmapped_evaluation_equals_each_video_alone():
       meta.evaluate_videos(config, state, clips[:, :2])
 
 
-@pytest.mark.parametrize("inner_mode", ["joint", "per_task"])
+@pytest.mark.parametrize("inner_mode", ["joint", pytest.param("per_task", marks=pytest.mark.slow)])
 def test_meta_training_lowers_the_ordinal_loss(inner_mode):
   config = _config(inner_mode=inner_mode, supervised_adapt_step=True)
   state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=2)
