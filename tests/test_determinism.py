@@ -44,7 +44,10 @@ def _run(workdir, data_dir, seed):
   sources = evaluate.load_splits(config, workdir)
   state = train.train(config, workdir, sources=sources)
   evaluate.evaluate(config, workdir, state=state, sources=sources, plots=False)
-  return {"history": json.loads((workdir / train.HISTORY_FILE).read_text()),
+  history = json.loads((workdir / train.HISTORY_FILE).read_text())
+  # Every loss term of every step; wall-clock entries (step_time_s) are not results.
+  return {"history": [{k: v for k, v in h.items() if not k.endswith("_time_s")}
+                      for h in history],
           "metrics": json.loads((workdir / "metrics.json").read_text()),
           "state": [np.asarray(x) for x in jax.tree.leaves(checkpoints.to_tree(state))]}
 
