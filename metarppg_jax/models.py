@@ -135,8 +135,8 @@ def init(key: jax.Array, dtype=jnp.float32) -> tuple[PyTree, PyTree]:
 
 def zero_lstm_state(batch: int, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
   """(h, c), each f32[4, batch, 60]: layer 0 fwd, layer 0 bwd, layer 1 fwd, layer 1 bwd."""
-  z = jnp.zeros((2 * 2, batch, HIDDEN), dtype)
-  return z, z
+  shape = (2 * 2, batch, HIDDEN)
+  return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)  # two buffers: both get donated
 
 
 # --------------------------------------------------------------------------------------------
