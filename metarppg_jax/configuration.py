@@ -224,14 +224,8 @@ def check_against_data(config: ml_collections.ConfigDict, *, split: str, num_fra
 # Files.
 # --------------------------------------------------------------------------------------------
 
-def from_file(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None
-              ) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file, with dotted-name overrides applied, validated.
-
-  `overrides` e.g. {"optim.num_epochs": 1, "data.builder_config": "tiny"}; an unknown name is a
-  ConfigError.
-  """
-  path = pathlib.Path(path)
+def _get_config(path: pathlib.Path) -> ml_collections.ConfigDict:
+  """A config file's `get_config()` (loaded by path, ml_collections style), not validated."""
   if not path.is_file():
     raise ConfigError(f"{path}: config file not found")
   spec = importlib.util.spec_from_file_location(f"_metarppg_config_{path.stem}", path)
@@ -240,13 +234,37 @@ def from_file(path: str | os.PathLike, overrides: Mapping[str, Any] | None = Non
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
       raise ConfigError(f"{path}: a config file must define get_config()")
-    config = module.get_config()
+    return module.get_config()
   except ConfigError:
     raise
   except Exception as e:  # a config file is user code: report where it failed
     raise ConfigError(f"{path}: could not load the config file: {type(e).__name__}: {e}") from e
+
+
+def from_file(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None
+              ) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, with dotted-name overrides applied, validated.
+
+  `overrides` e.g. {"optim.num_epochs": 1, "data.builder_config": "tiny"}; an unknown name is a
+  ConfigError.
+  """
+  config = _get_config(pathlib.Path(path))
   apply_overrides(config, overrides or {})
   return validate(config)
+
+
+def based_on(config_file: str | os.PathLike, overrides: Mapping[str, Any],
+             base: str = "default.py") -> ml_collections.ConfigDict:
+  """What a derived config file's `get_config()` returns: the config file `base` beside
+  `config_file` (pass `__file__`) with dotted-name `overrides` applied (not validated yet:
+  main and `from_file` validate the final config).
+
+    def get_config():
+      return configuration.based_on(__file__, {"data.dataset": "pure", "eval.queries": 14})
+  """
+  config = _get_config(pathlib.Path(config_file).resolve().parent / base)
+  apply_overrides(config, overrides)
+  return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:

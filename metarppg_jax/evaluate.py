@@ -45,6 +45,7 @@ from metarppg_jax import heart_rate
 from metarppg_jax import meta
 from metarppg_jax import metrics as metrics_lib
 from metarppg_jax import reports
+from metarppg_jax import sharding
 from metarppg_jax.data import build
 from metarppg_jax.data import input_pipeline
 from metarppg_jax.errors import ConfigError, DataError
@@ -129,20 +130,25 @@ def load_eval_data(config: ml_collections.ConfigDict, source, split: str) -> Eva
 # --------------------------------------------------------------------------------------------
 
 def model_signal(config: ml_collections.ConfigDict, state: meta.TrainState, x: np.ndarray, *,
-                 adapt: bool) -> np.ndarray:
+                 adapt: bool, mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Expected ordinal level per query frame: x f32[V, S + Q, T, H, W, C] -> f32[V, Q T].
 
-  Videos go through `meta.evaluate_videos` VIDEOS_PER_CALL at a time (each adapts alone, so
+  Videos go through `meta.evaluate_videos` VIDEOS_PER_CALL per device at a time, split over
+  the mesh's devices (`sharding.make_mesh(config)` unless given; each video adapts alone, so
   grouping changes nothing but memory); the last group is padded to keep one compiled shape.
   """
+  mesh = sharding.make_mesh(config) if mesh is None else mesh
+  devices = mesh.shape[sharding.DATA]
   v = x.shape[0]
-  chunk = min(VIDEOS_PER_CALL, v)
+  chunk = min(VIDEOS_PER_CALL * devices, -(-v // devices) * devices)
   pad = (-v) % chunk
   xs = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+  state = sharding.shard_train_state(state, mesh)
   outs = []
   for i in range(0, xs.shape[0], chunk):
-    out = meta.evaluate_videos(config, state, jnp.asarray(xs[i:i + chunk]), adapt=adapt)
-    outs.append(np.asarray(out["expected_level"]))
+    videos = sharding.shard_host_batch(xs[i:i + chunk], mesh)
+    out = meta.evaluate_videos(config, state, videos, adapt=adapt)
+    outs.append(sharding.to_host(out["expected_level"]))
   level = np.concatenate(outs)[:v]
   return level.reshape(v, -1).astype(np.float32)
 
@@ -164,12 +170,6 @@ def signals(config: ml_collections.ConfigDict, state, data: EvalData,
 # Heart rate and scores.
 # --------------------------------------------------------------------------------------------
 
-def _hr(config, sig: np.ndarray, fps: float) -> np.ndarray:
-  if config.eval.hr_estimator == "reference":
-    return heart_rate.hr_reference(sig, fps)
-  return heart_rate.hr_estimate(sig, fps)
-
-
 def _windows(config, sig: np.ndarray, fps: float) -> np.ndarray:
   return heart_rate.signal_windows(sig, fps, config.eval.hr_window_s, config.eval.hr_stride_s)[0]
 
@@ -187,7 +187,7 @@ def score(config, sig: np.ndarray, truth: np.ndarray, data: EvalData) -> dict[st
   """Metrics of one method's signal f[V, Q T] against truth f[V, K]: per HR window (top level)
   and per video ("video"), plus the mean SNR (dB, at the true HR) and the per-window HRs."""
   win = _windows(config, sig, data.fps)
-  pred = _hr(config, win, data.fps)
+  pred = heart_rate.estimator(config.eval.hr_estimator)(win, data.fps)
   ids = np.repeat(np.arange(len(data.video_ids)), truth.shape[1])
   out = metrics_lib.hr_metrics(pred.ravel(), truth.ravel())
   snr = heart_rate.snr(win, data.fps, truth)
@@ -200,10 +200,11 @@ def score(config, sig: np.ndarray, truth: np.ndarray, data: EvalData) -> dict[st
   return out
 
 
-def validation_mae(config: ml_collections.ConfigDict, state: meta.TrainState, source) -> float:
+def validation_mae(config: ml_collections.ConfigDict, state: meta.TrainState, source, *,
+                   mesh: jax.sharding.Mesh | None = None) -> float:
   """Meta-rPPG's per-window MAE (bpm) on a split: what picks the best checkpoint."""
   data = load_eval_data(config, source, "validation")
-  sig = model_signal(config, state, data.x, adapt=True)
+  sig = model_signal(config, state, data.x, adapt=True, mesh=mesh)
   return float(score(config, sig, true_hr(config, data), data)["mae"])
 
 
@@ -399,7 +400,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, stat
   """
   configuration.validate(config)
   workdir = configuration.prepare_workdir(workdir)  # ConfigError if it cannot be written
-  if not (workdir / configuration.CONFIG_FILE).exists():
+  if jax.process_index() == 0 and not (workdir / configuration.CONFIG_FILE).exists():
     configuration.write(config, workdir)
   methods = _methods(config)
   learned = any(m in configuration.LEARNED_METHODS for m in methods)
@@ -419,6 +420,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, stat
 
   table = {m: {data.split: {k: v for k, v in r[data.split].items()
                             if k not in ("hr_pred", "hr_true")}} for m, r in results.items()}
+  if jax.process_index() != 0:  # every process computed (collectives); process 0 writes
+    return {"metrics": table, "checkpoint": checkpoint, "files": {}}
   metrics_path = reports.write_metrics_json(workdir / METRICS_FILE, table)
   notes = _notes(config, table, data, checkpoint)
   write_report = lambda figures: reports.write_report_md(

@@ -46,7 +46,11 @@ def run(config, workdir: str) -> dict:
   configuration.validate(config)
   # Imported here so that `--help` and config errors do not pay for importing JAX.
   from metarppg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import sharding  # pylint: disable=g-import-not-at-top
   from metarppg_jax import train  # pylint: disable=g-import-not-at-top
+  # One process of several (config.mesh.* or JAX_COORDINATOR_ADDRESS...): must come before
+  # the first use of the devices.
+  sharding.initialize_distributed(config)
   if config.mode == "train":
     if config.method not in configuration.LEARNED_METHODS:
       raise ConfigError(

@@ -108,8 +108,7 @@ def predict_clip(clip: dict, config, state) -> dict[str, Any]:
   signal = np.asarray(out["expected_level"][0]).reshape(-1).astype(np.float32)
   offset_s = fewshots * window / fps
   time_s = offset_s + np.arange(signal.size) / fps
-  hr_fn = (heart_rate.hr_reference if config.eval.hr_estimator == "reference"
-           else heart_rate.hr_estimate)
+  hr_fn = heart_rate.estimator(config.eval.hr_estimator)
   window_s = min(config.eval.hr_window_s, signal.size / fps)
   wins, starts = heart_rate.signal_windows(signal, fps, window_s, config.eval.hr_stride_s)
   hrs = hr_fn(wins, fps)

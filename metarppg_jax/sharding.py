@@ -25,6 +25,7 @@ a target whose leaves carry the new mesh's shardings restores onto any device co
   replicated(mesh), data_sharded(mesh) -> NamedSharding
   train_state_shardings(state, mesh) -> pytree of NamedSharding (state or its eval_shape)
   batch_shardings(batch, mesh) -> pytree of NamedSharding
+  put_replicated(x, mesh) -> x replicated on the mesh
   shard_train_state(state, mesh) -> state on the mesh
   create_sharded_train_state(config, key, mesh, *, num_tasks) -> state created on the mesh
   jit_sharded_step(step_fn, mesh, state, batch) -> jitted step(state, batch) -> (state, metrics)
@@ -222,6 +223,11 @@ def _put(x, sharding: NamedSharding):
     return jax.device_put(x, sharding)
   host = np.asarray(jax.device_get(x))
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put_replicated(x, mesh: Mesh) -> jax.Array:
+  """A host value (the same in every process) as an array replicated over the mesh."""
+  return _put(x, replicated(mesh))
 
 
 def shard_train_state(state: PyTree, mesh: Mesh) -> PyTree:

@@ -13,6 +13,9 @@ and evaluates at the end (`evaluate.evaluate`).
   computed and the best state kept.
 - Logging: TensorBoard event files under WORKDIR/tensorboard, the metrics history in
   WORKDIR/history.json (the training-curve plot), a progress bar.
+- Devices (`sharding.py`): one mesh over every device of every process (`config.mesh`); the
+  batch of tasks is split over it, the state replicated, the step jitted with explicit
+  shardings. One CPU is the one-device mesh: the same program.
 - A non-finite loss stops training with a message naming the step and the loss term, leaving
   the last good checkpoint as it was (`optim.nonfinite="stop"`); with "skip" the step's update
   is dropped and training goes on.
@@ -36,6 +39,7 @@ from metarppg_jax import checkpoints
 from metarppg_jax import configuration
 from metarppg_jax import evaluate as evaluate_lib
 from metarppg_jax import meta
+from metarppg_jax import sharding
 from metarppg_jax.data import input_pipeline
 from metarppg_jax.errors import MetaRPPGError
 
@@ -60,7 +64,7 @@ def _test_windows(config: ml_collections.ConfigDict, source) -> dict | None:
       source, window=config.data.window,
       num_windows=config.meta.fewshots + config.data.tasks_per_batch,
       normalization=config.data.normalization))
-  return {"test_x": jnp.asarray(video["x"]), "test_targets": jnp.asarray(video["targets"])}
+  return {"test_x": np.asarray(video["x"]), "test_targets": np.asarray(video["targets"])}
 
 
 def _nonfinite_terms(metrics: dict) -> list[str]:
@@ -81,7 +85,14 @@ def _read_history(workdir: pathlib.Path, upto_step: int) -> list[dict]:
   return [h for h in history if h.get("step", 0) <= upto_step]
 
 
+def _primary() -> bool:
+  """Files other than checkpoints are written by process 0 only (orbax coordinates those)."""
+  return jax.process_index() == 0
+
+
 def _write_history(workdir: pathlib.Path, history: list[dict]) -> None:
+  if not _primary():
+    return
   tmp = workdir / (HISTORY_FILE + ".tmp")
   tmp.write_text(json.dumps(history, allow_nan=True))
   os.replace(tmp, workdir / HISTORY_FILE)
@@ -101,7 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   sources = evaluate_lib.load_splits(config, workdir)
   state = train(config, workdir, sources=sources)
   results = evaluate_lib.evaluate(config, workdir, state=state, sources=sources)
-  writer = tensorboardX.SummaryWriter(os.fspath(workdir / "tensorboard"))
+  writer = tensorboardX.SummaryWriter(os.fspath(workdir / "tensorboard"),
+                                      write_to_disk=_primary())
   for method, splits in results["metrics"].items():
     for split, m in splits.items():
       if math.isfinite(m.get("mae", float("nan"))):
@@ -121,7 +133,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """
   configuration.validate(config)
   workdir = configuration.prepare_workdir(workdir)  # ConfigError if it cannot be written
-  configuration.write(config, workdir)
+  if _primary():
+    configuration.write(config, workdir)
   if sources is None:
     sources = evaluate_lib.load_splits(config, workdir)
   train_source = evaluate_lib.split_source(config, sources, config.data.train_split)
@@ -134,9 +147,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       purpose="eval", source=config.data.dataset)
   val_source = sources.get("validation") if config.eval.every_epochs else None
 
-  state = checkpoints.target_state(config)
+  mesh = sharding.make_mesh(config)
+  # The restore target carries the mesh's shardings: a checkpoint written on any device
+  # count lands replicated (and its LSTM state split) on this one.
+  state = sharding.shard_train_state(checkpoints.target_state(config), mesh)
   restored = checkpoints.restore_latest(workdir, state)
-  data_iter = input_pipeline.train_iterator(config, train_source)
+  data_iter = input_pipeline.train_iterator(config, train_source, mesh=mesh)
   if restored is not None:
     state = restored.state
     if restored.data_state is not None:
@@ -146,33 +162,42 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     # The original's prototype and LSTM-state update before training, on the first window of
     # the first batch; the iterator is rewound so training still starts with that batch.
     position = data_iter.get_state()
-    state = meta.update_prototype(config, state, jnp.asarray(next(data_iter)["x"][:, 0]))
+    state = meta.update_prototype(config, state, next(data_iter)["x"][:, 0])
+    state = sharding.shard_train_state(state, mesh)
     data_iter.set_state(position)
+  logging.info("devices: %s", sharding.describe(mesh))
   start = int(state.step)
   history = _read_history(workdir, start)
 
   test_windows = _test_windows(config, sources.get("validation") or eval_source)
+  if test_windows:
+    test_windows = sharding.shard_host_batch(test_windows, mesh)
   steps_per_epoch = config.optim.steps_per_epoch
   total = config.optim.num_epochs * steps_per_epoch
-  train_step = meta.make_meta_train_step(config)
+  step_fn = meta.make_meta_train_step(config)
+  train_step = None  # jitted with the shardings of the first batch
   mgrs = checkpoints.managers(workdir, max_to_keep=config.checkpoint.max_to_keep,
                               async_save=config.checkpoint.async_save)
-  writer = tensorboardX.SummaryWriter(os.fspath(workdir / "tensorboard"))
+  writer = tensorboardX.SummaryWriter(os.fspath(workdir / "tensorboard"),
+                                      write_to_disk=_primary())
   try:
     with tqdm.tqdm(total=total, initial=start, desc="train", unit="step",
                    dynamic_ncols=True, disable=None) as bar:
       for step in range(start, total):
         epoch = step // steps_per_epoch + 1
         if int(state.epoch) != epoch:
-          state = state.replace(epoch=jnp.asarray(epoch, jnp.asarray(state.epoch).dtype))
+          state = state.replace(epoch=sharding.put_replicated(
+              np.asarray(epoch, np.asarray(state.epoch).dtype), mesh))
         batch = {k: v for k, v in next(data_iter).items() if k in _STEP_KEYS}
         if test_windows:
           batch.update(test_windows)
         # The step donates its input state; "skip" keeps a copy to fall back to.
         backup = jax.tree.map(jnp.copy, state) if config.optim.nonfinite == "skip" else None
+        if train_step is None:
+          train_step = sharding.jit_sharded_step(step_fn, mesh, state, batch)
         started = time.perf_counter()
         new_state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)  # waits for the step
+        metrics = sharding.to_host(metrics)  # waits for the step
         metrics["step_time_s"] = np.float32(time.perf_counter() - started)
         bad = _nonfinite_terms(metrics)
         if bad:
@@ -204,7 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         end_of_epoch = done % steps_per_epoch == 0
         if (end_of_epoch and val_source is not None
             and (done // steps_per_epoch) % config.eval.every_epochs == 0):
-          val_mae = evaluate_lib.validation_mae(config, state, val_source)
+          val_mae = evaluate_lib.validation_mae(config, state, val_source, mesh=mesh)
           writer.add_scalar("validation/mae", val_mae, done)
           history[-1]["val_mae"] = val_mae
           logging.info("epoch %d: validation MAE %.3f bpm", epoch, val_mae)

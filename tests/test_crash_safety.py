@@ -102,7 +102,10 @@ KILLS = (("step:3", 2), ("write:4", 3), ("after:5", 5))   # (moment, expected re
 
 
 def _env(cache_dir):
-  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+  # The driver script lives in tmp: the checkout goes on the path (installed or not).
+  path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+  return dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu",
+              JAX_COMPILATION_CACHE_DIR=str(cache_dir),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
