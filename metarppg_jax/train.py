@@ -72,6 +72,15 @@ def _nonfinite_terms(metrics: dict) -> list[str]:
           if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """Whether every float leaf is finite: a diverging update can overflow the weights while
+  the loss it was computed from is still finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves))
+
+
 def _read_history(workdir: pathlib.Path, upto_step: int) -> list[dict]:
   """The history of the run being resumed, cut at the restored step."""
   path = workdir / HISTORY_FILE
@@ -200,13 +209,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         metrics = sharding.to_host(metrics)  # waits for the step
         metrics["step_time_s"] = np.float32(time.perf_counter() - started)
         bad = _nonfinite_terms(metrics)
+        if not bad and not bool(sharding.to_host(_all_finite(new_state.params))):
+          bad = ["parameters"]  # the losses were finite, the update overflowed
         if bad:
           where = f"step {step + 1} (epoch {epoch})"
-          values = ", ".join(f"{k}={np.asarray(metrics[k]).tolist()}" for k in bad)
+          values = ", ".join(f"{k}={np.asarray(metrics[k]).tolist()}" if k in metrics
+                             else "the updated parameters are not finite" for k in bad)
           if config.optim.nonfinite == "stop":
+            last = mgrs.latest.latest_step()
+            kept = ("no checkpoint was written before it" if last is None else
+                    f"the last checkpoint (step {last}) is the last good state")
             raise NonFiniteLoss(
-                f"non-finite loss at {where}: {values}; training stopped, the last checkpoint "
-                f"(step {mgrs.latest.latest_step()}) is the last good state. Lower "
+                f"non-finite loss at {where}: {values}; training stopped, {kept}. Lower "
                 "optim.lr, or set optim.nonfinite=skip to drop such steps")
           logging.warning("non-finite loss at %s: %s; step skipped", where, values)
           state = backup.replace(step=backup.step + 1)

@@ -52,7 +52,7 @@ OVERRIDES = {"checkpoint.every_steps": 1, "checkpoint.max_to_keep": 10,
 
 _DRIVER = textwrap.dedent("""
     import json, pathlib, sys, time
-    from metarppg_jax import checkpoints, configuration, meta, train
+    from metarppg_jax import checkpoints, configuration, sharding, train
 
     workdir, overrides, kill_at, marker = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], \\
         pathlib.Path(sys.argv[4])
@@ -67,9 +67,9 @@ _DRIVER = textwrap.dedent("""
       return restored
     checkpoints.restore_latest = restore_latest
 
-    real_make = meta.make_meta_train_step
-    def make(*args, **kwargs):
-      real_step = real_make(*args, **kwargs)
+    real_jit = sharding.jit_sharded_step      # what train.py runs the step through
+    def jit_step(*args, **kwargs):
+      real_step = real_jit(*args, **kwargs)
       def step_fn(state, batch):
         if moment == "step" and int(state.step) + 1 == step:
           marker.write_text("computing")            # the step is about to run: kill now
@@ -80,7 +80,7 @@ _DRIVER = textwrap.dedent("""
           return out
         return real_step(state, batch)
       return step_fn
-    meta.make_meta_train_step = make
+    sharding.jit_sharded_step = jit_step
 
     real_save = checkpoints.save
     def save(mgrs, state, *, step, **kwargs):

@@ -295,6 +295,38 @@ def test_shard_default_config_with_psi_matches_one_device(tmp_path, tmp_path_fac
   np.testing.assert_allclose(four["metrics/gradloss"], one["metrics/gradloss"], rtol=RTOL)
 
 
+@pytest.mark.slow
+def test_shard_main_on_two_devices_matches_one_device(tmp_path):
+  """`python -m metarppg_jax.main` itself (train.py's loop, checkpoints, evaluation) on a
+  2-device mesh, one task a device, trains and evaluates like on 1 device."""
+  args = ["--config", str(REPO / "configs" / "tiny.py"), "--config.data.tasks_per_batch=2",
+          f"--config.data.data_dir={tmp_path / 'data'}", "--config.eval.every_epochs=0"]
+  runs = {}
+  for devices in (1, 2):  # one after the other: the first builds the data
+    workdir = tmp_path / f"devices_{devices}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "metarppg_jax.main", *args,
+                           f"--workdir={workdir}"], env=env, cwd=str(REPO), text=True,
+                          capture_output=True, timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"'devices': {devices}" in proc.stderr, proc.stderr[-3000:]
+    runs[devices] = {"history": json.loads((workdir / "history.json").read_text()),
+                     "metrics": json.loads((workdir / "metrics.json").read_text())}
+  one, two = runs[1], runs[2]
+  assert [h["step"] for h in two["history"]] == [h["step"] for h in one["history"]] == [1, 2, 3, 4]
+  for key in ("loss", "ordloss", "gradloss"):
+    np.testing.assert_allclose([h[key] for h in two["history"]],
+                               [h[key] for h in one["history"]], rtol=2e-3, err_msg=key)
+  for method in ("green", "pos"):  # no model: the same windows give the same numbers
+    assert two["metrics"][method] == one["metrics"][method]
+  for method in ("meta_rppg", "no_adaptation"):
+    a, b = two["metrics"][method]["test"], one["metrics"][method]["test"]
+    assert a["num_windows"] == b["num_windows"]
+    np.testing.assert_allclose(a["mae"], b["mae"], atol=0.5, err_msg=method)
+
+
 def test_shard_config_errors():
   """Mesh problems are ConfigErrors naming the field, before any work (in-process, 1 device)."""
   import jax  # pylint: disable=g-import-not-at-top

@@ -95,3 +95,21 @@ def test_nonfinite_loss_skip_drops_the_update(tmp_path, data_dir, monkeypatch):
   assert int(two.step) == 2
   for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_diverging_run_stops_at_the_first_nonfinite_loss(tmp_path, data_dir):
+  """A real divergence (a learning rate of 1e4), not a poisoned metric: the run stops with a
+  message naming the step and the loss terms, and the checkpoints before it hold finite
+  weights."""
+  config = _config(data_dir, **{"optim.lr": 1e4, "optim.num_epochs": 1,
+                                "optim.steps_per_epoch": 6})
+  with pytest.raises(train.NonFiniteLoss, match=r"non-finite loss at step \d+ \(epoch 1\): "
+                     r".*(loss=|parameters are not finite)") as info:
+    train.train(config, tmp_path)
+  bad_step = int(str(info.value).split("step ")[1].split()[0])
+  assert bad_step >= 2  # step 1 starts from the finite initial weights
+  saved = sorted(int(p.name) for p in checkpoints.checkpoint_dir(tmp_path).iterdir())
+  assert saved == list(range(1, bad_step))
+  last = checkpoints.restore_latest(tmp_path, checkpoints.target_state(config))
+  assert last.step == bad_step - 1
+  assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(last.state.params))
