@@ -24,17 +24,6 @@ from metarppg_jax.errors import ConfigError, MetaRPPGError
 
 FLAGS = flags.FLAGS
 
-
-def _drop_foreign_flags() -> None:
-  """`metarppg_jax.data.build` defines its own CLI's flags (--config, --dataset, ...) on the
-  global FLAGS when it is imported; they are not this program's and --config would clash."""
-  from metarppg_jax.data import build  # pylint: disable=g-import-not-at-top,unused-import
-  for name in list(FLAGS):
-    if FLAGS.find_module_defining_flag(name) == build.__name__:
-      delattr(FLAGS, name)
-
-
-_drop_foreign_flags()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report and plots.")
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (e.g. configs/default.py).", lock_config=True)

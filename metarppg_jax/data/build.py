@@ -117,11 +117,17 @@ def format_skips(skipped) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", None, f"one of {sorted(BUILDERS)}")
-flags.DEFINE_string("manual_dir", None, "folder of the downloaded dataset (real datasets)")
-flags.DEFINE_string("data_dir", None, "where to write the built dataset")
-flags.DEFINE_string("config", None, "builder config (default: the dataset's first)")
-flags.DEFINE_bool("overwrite", False, "rebuild even if a finished build exists")
+
+
+def _define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (importing this module must not add
+  flags that clash with another program's, e.g. main's --config)."""
+  flags.DEFINE_string("dataset", None, f"one of {sorted(BUILDERS)}")
+  flags.DEFINE_string("manual_dir", None, "folder of the downloaded dataset (real datasets)")
+  flags.DEFINE_string("data_dir", None, "where to write the built dataset")
+  flags.DEFINE_string("config", None, "builder config (default: the dataset's first)")
+  flags.DEFINE_bool("overwrite", False, "rebuild even if a finished build exists")
+  flags.mark_flags_as_required(["dataset", "data_dir"])
 
 
 def main(argv):
@@ -140,5 +146,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["dataset", "data_dir"])
+  _define_flags()
   app.run(main)
