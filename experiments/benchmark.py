@@ -238,8 +238,25 @@ def bench_scaling(args, out):
   out["scaling_allreduce_bytes_per_step"] = rows[0]["allreduce_bytes_per_step"]
 
 
+def bench_data(args, out):
+  """The data side (issue 4): synthetic generation per video minute, and the training
+  pipeline's clips/s on the built synthetic `small` dataset (built into --data_dir on first
+  use), against what the outer step consumes."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import configuration  # pylint: disable=g-import-not-at-top
+  from metarppg_jax.data import build, input_pipeline, synthetic  # pylint: disable=g-import-not-at-top
+  out.update(synthetic.benchmark_generation(seconds=60.0, domain="shifted", repeats=2))
+  config = configuration.from_file(os.path.join(REPO, "configs", "default.py"))
+  data_dir = args.data_dir or tempfile.mkdtemp(prefix="metarppg_bench_data_")
+  source = build.load_dataset(config.data.dataset, data_dir, config.data.builder_config)
+  out.update(input_pipeline.benchmark_pipeline(config, source["train"], num_batches=20))
+  if "outer_step_median_s" in out:  # windows a step: tasks x 3
+    out["pipeline_margin_over_training"] = (
+        out["pipeline_clips_per_s"] * out["outer_step_median_s"] / (3 * args.tasks))
+
+
 SECTIONS = {"matmul": bench_matmul, "outer_step": bench_outer_step, "eval": bench_eval,
-            "scaling": bench_scaling}
+            "scaling": bench_scaling, "data": bench_data}
 
 
 def main(argv=None):
@@ -257,6 +274,8 @@ def main(argv=None):
   ap.add_argument("--scaling_tasks", type=int, default=4,
                   help="section scaling: tasks in the global batch (divisible by each count)")
   ap.add_argument("--scaling_timeout_s", type=float, default=1800)
+  ap.add_argument("--data_dir", default="",
+                  help="section data: where the synthetic dataset is (built on first use)")
   ap.add_argument("--scaling_worker", help=argparse.SUPPRESS)  # internal: JSON row path
   args = ap.parse_args(argv)
   if args.scaling_worker:
