@@ -28,6 +28,7 @@ EXTRAS = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.5",
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6.29",
