@@ -14,7 +14,7 @@ query frames is cut into HR windows of `eval.hr_window_s` seconds every `eval.hr
 (`heart_rate.signal_windows`), the heart rate of each is `heart_rate.hr_estimate` (or the
 original's `hr_reference`, `eval.hr_estimator`), the truth the mean ground-truth HR over the
 window (or the HR of the ground-truth PPG where a dataset has none); `metrics.hr_metrics`
-scores the windows, `metrics.video_metrics` the per-video means, `heart_rate.snr` the signal.
+scores the windows (`metrics.signal_metrics`: per window, per video, SNR of the signal).
 
 `config.method` picks what is evaluated: "meta_rppg" (the default) evaluates all six methods
 for the comparison; any other name only that method (a classical one needs no checkpoint).
@@ -184,18 +184,17 @@ def true_hr(config, data: EvalData) -> np.ndarray:
 
 
 def score(config, sig: np.ndarray, truth: np.ndarray, data: EvalData) -> dict[str, Any]:
-  """Metrics of one method's signal f[V, Q T] against truth f[V, K]: per HR window (top level)
-  and per video ("video"), plus the mean SNR (dB, at the true HR) and the per-window HRs."""
+  """Metrics of one method's signal f[V, Q T] against truth f[V, K] (`metrics.signal_metrics`
+  on its HR windows): per HR window (top level) and per video ("video"), the mean SNR (dB, at
+  the true HR), and the per-window HRs."""
   win = _windows(config, sig, data.fps)
-  pred = heart_rate.estimator(config.eval.hr_estimator)(win, data.fps)
-  ids = np.repeat(np.arange(len(data.video_ids)), truth.shape[1])
-  out = metrics_lib.hr_metrics(pred.ravel(), truth.ravel())
-  snr = heart_rate.snr(win, data.fps, truth)
-  out["snr"] = float(np.nanmean(snr)) if np.any(np.isfinite(snr)) else float("nan")
-  out["video"] = metrics_lib.video_metrics(pred.ravel(), truth.ravel(), ids)
+  v, k = truth.shape
+  ids = np.repeat(np.arange(len(data.video_ids)), k)
+  out, pred = metrics_lib.signal_metrics(win.reshape(v * k, -1), truth.ravel(), data.fps,
+                                         video_ids=ids, estimator=config.eval.hr_estimator)
   out["hr_window_s"] = float(config.eval.hr_window_s)
   out["hr_stride_s"] = float(config.eval.hr_stride_s)
-  out["hr_pred"] = pred.tolist()
+  out["hr_pred"] = pred.reshape(v, k).tolist()
   out["hr_true"] = truth.tolist()
   return out
 
