@@ -17,14 +17,8 @@ from metarppg_jax import configuration
 
 
 def get_config():
+  # The training and HR-window settings of configs/ubfc.py (one-minute videos at 30 fps).
   return configuration.based_on(__file__, {
       "data.dataset": "pure",
       "data.builder_config": "",
-      "optim.num_epochs": 10,
-      "optim.steps_per_epoch": 200,
-      "eval.queries": 14,
-      "eval.hr_window_s": 10.0,
-      "eval.hr_stride_s": 2.0,
-      "checkpoint.every_steps": 200,
-      "log_every_steps": 20,
-  })
+  }, base="ubfc.py")

@@ -1,5 +1,6 @@
 """Shared test fixtures: where the reference outputs of the original code live."""
 
+import importlib.util
 import os
 import pathlib
 import tempfile
@@ -27,3 +28,14 @@ def reference_dir() -> pathlib.Path:
         f"reference outputs not found at {REFERENCE_DIR}; check out ../shared beside the repo "
         "or set METARPPG_REFERENCE_DIR")
   return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def load_experiment():
+  """experiments/<name>.py as a module (the experiments are scripts, not a package)."""
+  def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  return load

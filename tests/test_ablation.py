@@ -1,6 +1,5 @@
 """experiments/ablation.py on the tiny setting: every variant's config, and the table."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -12,15 +11,8 @@ from metarppg_jax.errors import ConfigError
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _ablation():
-  spec = importlib.util.spec_from_file_location("ablation", REPO / "experiments" / "ablation.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_variant_configs_apply_their_overrides(tmp_path):
-  ablation = _ablation()
+def test_variant_configs_apply_their_overrides(tmp_path, load_experiment):
+  ablation = load_experiment("ablation")
   base = configuration.from_file(REPO / "configs" / "tiny.py")
   expected = {"no_synthetic_gradient": ("meta", "synthetic_gradient", False),
               "no_prototype": ("meta", "prototype", False),
@@ -41,8 +33,8 @@ def test_variant_configs_apply_their_overrides(tmp_path):
 
 
 @pytest.mark.slow
-def test_ablation_table_on_tiny(tmp_path):
-  ablation = _ablation()
+def test_ablation_table_on_tiny(tmp_path, load_experiment):
+  ablation = load_experiment("ablation")
   base = configuration.from_file(REPO / "configs" / "tiny.py", {
       "optim.num_epochs": 1, "optim.steps_per_epoch": 1, "eval.every_epochs": 0})
   rows = ablation.run(base, tmp_path, ("full", "no_prototype"))

@@ -1,7 +1,6 @@
 """experiments/benchmark.py runs and writes its figures under DESIGN.md's keys (small shapes:
 the figures themselves are for a quiet machine, not for a test)."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -10,19 +9,13 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _benchmark():
-  spec = importlib.util.spec_from_file_location("benchmark", REPO / "experiments" / "benchmark.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.mark.slow
-def test_benchmark_writes_its_figures(tmp_path):
+def test_benchmark_writes_its_figures(tmp_path, load_experiment):
   out = tmp_path / "bench.json"
-  rc = _benchmark().main(["--sections", "matmul,outer_step,eval", "--tasks", "1", "--size", "32",
-                          "--repeats", "2", "--eval_videos", "2", "--json", str(out),
-                          "--config", str(REPO / "configs" / "default.py")])
+  benchmark = load_experiment("benchmark")
+  rc = benchmark.main(["--sections", "matmul,outer_step,eval", "--tasks", "1", "--size", "32",
+                      "--repeats", "2", "--eval_videos", "2", "--json", str(out),
+                      "--config", str(REPO / "configs" / "default.py")])
   assert rc == 0
   figures = json.loads(out.read_text())
   assert figures["outer_step_spread_s"] >= 0
@@ -32,7 +25,7 @@ def test_benchmark_writes_its_figures(tmp_path):
     assert isinstance(figures[key], float) and figures[key] > 0, key
 
 
-def test_benchmark_rejects_an_unknown_section(capsys):
+def test_benchmark_rejects_an_unknown_section(capsys, load_experiment):
   with pytest.raises(SystemExit):
-    _benchmark().main(["--sections", "warp_drive"])
+    load_experiment("benchmark").main(["--sections", "warp_drive"])
   assert "unknown section 'warp_drive'" in capsys.readouterr().err
