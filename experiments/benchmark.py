@@ -63,6 +63,25 @@ def _spread(times):
   return float(q[1] - q[0])
 
 
+def time_step(step, state, batch, repeats):
+  """Compiles a jitted `step(state, batch) -> (state, metrics)` (state donated), runs it once
+  to warm up, then `repeats` timed times. -> (compile_s, XLA's FLOP count, [s], last state)."""
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  state, _ = compiled(state, batch)  # warm-up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  return compile_s, flops, times, state
+
+
 def _clips(key, shape):
   """Video-like inputs: smooth random images with small per-frame changes."""
   return 0.1 * jax.random.normal(key, shape, jnp.float32)
@@ -95,19 +114,7 @@ def bench_outer_step(args, out):
     batch["test_targets"] = jax.random.randint(keys[1], (args.fewshots + n, 60), 0, 40)
   state = meta.update_prototype(config, state, batch["x"][:, 0])
   step = meta.make_meta_train_step(config)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  out["compile_s"] = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
-  state, _ = compiled(state, batch)  # warm-up
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
+  out["compile_s"], flops, times, _ = time_step(step, state, batch, args.repeats)
   median = statistics.median(times)
   out["outer_step_median_s"] = median
   out["outer_step_spread_s"] = _spread(times)
@@ -182,24 +189,13 @@ def _scaling_worker(args):
   batch = sharding.shard_host_batch(jax.device_get(batch), mesh)
   state = sharding.create_sharded_train_state(config, jax.random.PRNGKey(0), mesh, num_tasks=n)
   step = sharding.jit_sharded_step(meta.make_meta_train_step(config), mesh, state, batch)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  state, _ = compiled(state, batch)  # warm-up
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
+  compile_s, flops, times, state = time_step(step, state, batch, args.repeats)
   median = statistics.median(times)
   devices = int(mesh.devices.size)
   return {"devices": devices, "tasks": n, "outer_step_median_s": median,
           "outer_step_spread_s": _spread(times), "compile_s": compile_s,
           "tasks_per_s": n / median,
-          "flops_per_device": float(cost.get("flops", 0.0)) if cost else 0.0,
+          "flops_per_device": flops,
           **communication_per_step(config, jax.device_get(state.params), devices)}
 
 

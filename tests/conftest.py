@@ -39,3 +39,12 @@ def load_experiment():
     spec.loader.exec_module(module)
     return module
   return load
+
+
+@pytest.fixture(scope="session")
+def compare(reference_dir):
+  """The reference outputs' tolerance rules (`../shared/reference/compare.py`) as a module."""
+  spec = importlib.util.spec_from_file_location("compare", reference_dir / "compare.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

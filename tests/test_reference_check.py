@@ -11,18 +11,9 @@ from metarppg_jax.errors import DataError
 from metarppg_jax.tools import reference_check
 
 
-def _compare(reference_dir):
-  sys.path.insert(0, str(reference_dir))
-  try:
-    import compare  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(reference_dir))
-  return compare
-
-
 @pytest.mark.parametrize("checkpoint", ["checkpoint.pth", "checkpoint.npz"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_matches_reference(reference_dir, checkpoint, mode, tmp_path):
+def test_matches_reference(reference_dir, compare, checkpoint, mode, tmp_path):
   out = tmp_path / "out.npz"
   rc = reference_check.run_forward(str(reference_dir / checkpoint), str(reference_dir / "io.npz"),
                                    mode, str(out), None)
@@ -30,7 +21,7 @@ def test_matches_reference(reference_dir, checkpoint, mode, tmp_path):
   ours = dict(np.load(out))
   ref = dict(np.load(reference_dir / f"parity_ref_{mode}.npz"))
   assert set(ref) <= set(ours)
-  assert _compare(reference_dir).violations(ours, ref) == []
+  assert compare.violations(ours, ref) == []
   assert ours["decision"].dtype == np.int64
 
 

@@ -20,15 +20,6 @@ CASES = [("extractor", 1), ("extractor", 2), ("estimator", 1), ("estimator", 2),
 X64_TIMEOUT_S = 3600  # six float64 compiles and steps on a shared 2-core CPU
 
 
-def _compare(reference_dir):
-  sys.path.insert(0, str(reference_dir))
-  try:
-    import compare  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(str(reference_dir))
-  return compare
-
-
 def _run_f32(reference_dir, position, fewshots):
   original = original_checkpoint.load(reference_dir / "checkpoint.npz")
   inputs = reference_step.load_step_inputs(str(reference_dir / f"step_fs{fewshots}.npz"))
@@ -38,16 +29,16 @@ def _run_f32(reference_dir, position, fewshots):
 @pytest.mark.parametrize("position,fewshots", [
     pytest.param(p, n, marks=() if (p, n) == ("extractor", 1) else pytest.mark.slow)
     for p, n in CASES])
-def test_float32_step_matches(reference_dir, position, fewshots):
+def test_float32_step_matches(reference_dir, compare, position, fewshots):
   ours = _run_f32(reference_dir, position, fewshots)
   ref = dict(np.load(reference_dir / f"parity_step_{position}_fs{fewshots}.npz"))
   assert set(ref) <= set(ours), sorted(set(ref) - set(ours))
-  assert _compare(reference_dir).violations(ours, ref) == []
+  assert compare.violations(ours, ref) == []
   assert ours["test/decision"].dtype == np.int64
 
 
 @pytest.mark.slow
-def test_float64_test_and_final_stages_match(reference_dir, tmp_path):
+def test_float64_test_and_final_stages_match(reference_dir, compare, tmp_path):
   """All six cases in one subprocess (one jax start), through the command-line tool."""
   script = f"""
 import json, sys
@@ -65,7 +56,6 @@ print("RCS", json.dumps(rcs))
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         timeout=X64_TIMEOUT_S, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  compare = _compare(reference_dir)
   for position, fewshots in CASES:
     ours = dict(np.load(tmp_path / f"{position}_{fewshots}.npz"))
     ref = dict(np.load(reference_dir / f"parity_step_{position}_fs{fewshots}_f64.npz"))
