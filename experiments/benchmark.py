@@ -82,6 +82,19 @@ def time_step(step, state, batch, repeats):
   return compile_s, flops, times, state
 
 
+def step_batch(config, n, size, fewshots):
+  """A batch for the outer step: n tasks x 3 windows x 60 frames of size x size (plus the
+  in-step test windows when the config has them)."""
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  batch = {"x": _clips(keys[0], (n, 3, 60, size, size, 3)),
+           "targets": jax.random.randint(keys[1], (n, 3, 60), 0, 40),
+           "valid": jnp.ones((n, 3), bool)}
+  if meta.settings(config).test_in_step:
+    batch["test_x"] = _clips(keys[2], (fewshots + n, 60, size, size, 3))
+    batch["test_targets"] = jax.random.randint(keys[1], (fewshots + n, 60), 0, 40)
+  return batch
+
+
 def _clips(key, shape):
   """Video-like inputs: smooth random images with small per-frame changes."""
   return 0.1 * jax.random.normal(key, shape, jnp.float32)
@@ -105,13 +118,7 @@ def bench_outer_step(args, out):
   config = _config(args)
   n, s = args.tasks, args.size
   state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
-  keys = jax.random.split(jax.random.PRNGKey(1), 3)
-  batch = {"x": _clips(keys[0], (n, 3, 60, s, s, 3)),
-           "targets": jax.random.randint(keys[1], (n, 3, 60), 0, 40),
-           "valid": jnp.ones((n, 3), bool)}
-  if meta.settings(config).test_in_step:
-    batch["test_x"] = _clips(keys[2], (args.fewshots + n, 60, s, s, 3))
-    batch["test_targets"] = jax.random.randint(keys[1], (args.fewshots + n, 60), 0, 40)
+  batch = step_batch(config, n, s, args.fewshots)
   state = meta.update_prototype(config, state, batch["x"][:, 0])
   step = meta.make_meta_train_step(config)
   out["compile_s"], flops, times, _ = time_step(step, state, batch, args.repeats)
@@ -179,13 +186,7 @@ def _scaling_worker(args):
   n, s = args.scaling_tasks, args.size
   config.data.tasks_per_batch = n
   mesh = sharding.make_mesh(config)
-  keys = jax.random.split(jax.random.PRNGKey(1), 3)
-  batch = {"x": _clips(keys[0], (n, 3, 60, s, s, 3)),
-           "targets": jax.random.randint(keys[1], (n, 3, 60), 0, 40),
-           "valid": jnp.ones((n, 3), bool)}
-  if meta.settings(config).test_in_step:
-    batch["test_x"] = _clips(keys[2], (args.fewshots + n, 60, s, s, 3))
-    batch["test_targets"] = jax.random.randint(keys[1], (args.fewshots + n, 60), 0, 40)
+  batch = step_batch(config, n, s, args.fewshots)
   batch = sharding.shard_host_batch(jax.device_get(batch), mesh)
   state = sharding.create_sharded_train_state(config, jax.random.PRNGKey(0), mesh, num_tasks=n)
   step = sharding.jit_sharded_step(meta.make_meta_train_step(config), mesh, state, batch)
