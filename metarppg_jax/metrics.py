@@ -19,11 +19,20 @@ out and counted in `num_invalid`; `num_windows` counts the pairs used.
 
 `signal_metrics` is the one call an evaluation needs: the heart rate of every window by the
 configured estimator, these metrics per window and per video, and the SNR.
+
+`paired_comparison` compares two methods on the same videos: the per-video absolute errors
+(`video_abs_errors`) of both, their mean difference with a bootstrap confidence interval
+(`scipy.stats.bootstrap`, BCa, seeded) and a Wilcoxon signed-rank test
+(`scipy.stats.wilcoxon`). It names a better method only when both agree: the interval excludes
+0 and p < alpha; otherwise "no measurable difference", with the reason.
 """
+
+import math
 
 from typing import Sequence
 
 import numpy as np
+from scipy import stats
 
 from metarppg_jax import errors
 from metarppg_jax import heart_rate
@@ -163,3 +172,114 @@ def signal_metrics(pred_signals, true_bpm, fps: float, *, video_ids: Sequence | 
   if video_ids is not None:
     summary["video"] = video_metrics(pred, true, video_ids)
   return summary, pred
+
+
+# --------------------------------------------------------------------------------------------
+# Paired comparison of two methods over videos.
+# --------------------------------------------------------------------------------------------
+
+VERDICTS = ("a_better", "b_better", "no_measurable_difference")
+# Why no better method is named: the interval holds 0; the interval excludes 0 but the
+# signed-rank test does not reach alpha; too few videos for the test to ever reach alpha;
+# every video has the same error under both methods.
+REASONS = ("", "ci_includes_zero", "not_significant", "too_few_videos", "all_equal")
+# Per-video errors closer than this (bpm) are equal: float rounding, not a difference.
+_EQUAL_BPM = 1e-9
+
+
+def video_abs_errors(pred_bpm, true_bpm, video_ids: Sequence) -> np.ndarray:
+  """|mean predicted - mean true HR| of each video: f64[V] in `per_video`'s order (NaN for a
+  video with no valid window). Their mean is `video_metrics`' MAE."""
+  pred, true, _ = per_video(pred_bpm, true_bpm, video_ids)
+  return np.abs(pred - true)
+
+
+def min_paired_videos(alpha: float) -> int:
+  """The fewest pairs with which an exact two-sided signed-rank test can reach p < alpha.
+
+  With n pairs its smallest p-value is 2 / 2^n (every difference of one sign), so n must
+  exceed 1 - log2(alpha): 6 for alpha = 0.05.
+  """
+  return math.floor(1 - math.log2(alpha)) + 1
+
+
+def paired_comparison(err_a, err_b, *, confidence: float = 0.95, num_resamples: int = 10_000,
+                      seed: int = 0) -> dict:
+  """Compares methods A and B by their absolute errors on the same videos.
+
+  The difference of video i is d_i = err_a[i] - err_b[i] (negative: A is closer to the truth).
+  Videos where either error is NaN are left out. The confidence interval is a BCa bootstrap of
+  mean(d) (`scipy.stats.bootstrap`, `num_resamples` resamples drawn by
+  `np.random.default_rng(seed)`); when every d_i is the same value c the bootstrap is
+  degenerate and the interval is [c, c]; with fewer than 2 videos it is NaN. The p-value is the two-sided Wilcoxon signed-rank test
+  of d (`scipy.stats.wilcoxon`, zero differences dropped); it is 1.0 when every d_i is 0 and
+  NaN with no video.
+
+  A better method is named only when the interval excludes 0, p < alpha = 1 - confidence and
+  there are at least `min_paired_videos(alpha)` videos; the direction is the sign of mean(d).
+
+  Args:
+    err_a, err_b: f[V] per-video absolute errors (bpm) of A and B (`video_abs_errors`).
+    confidence: the interval's level; alpha = 1 - confidence for the test.
+    num_resamples: bootstrap resamples.
+    seed: the bootstrap's seed (the same inputs and seed give the same interval).
+
+  Returns:
+    {"num_videos": pairs used, "num_invalid_videos": pairs left out, "mae_a", "mae_b": mean
+    errors over the pairs used, "mean_diff": mae_a - mae_b, "ci_low", "ci_high", "confidence",
+    "num_resamples", "seed", "wilcoxon_p", "alpha", "min_videos", "verdict": one of
+    `VERDICTS`, "reason": one of `REASONS` ("" when a better method is named), "errors_a",
+    "errors_b": the per-video errors as given (lists, NaN kept)}.
+  """
+  a = np.asarray(err_a, dtype=np.float64)
+  b = np.asarray(err_b, dtype=np.float64)
+  if a.ndim != 1 or a.shape != b.shape:
+    raise errors.DataError(f"per-video errors must be 1-D of the same length; got shapes "
+                           f"{a.shape} and {b.shape}")
+  if not 0 < confidence < 1:
+    raise errors.ConfigError(f"confidence={confidence}: must be in (0, 1)")
+  if num_resamples < 1:
+    raise errors.ConfigError(f"num_resamples={num_resamples}: must be >= 1")
+  alpha = round(1.0 - confidence, 12)           # 0.05, not 0.050000000000000044
+  min_videos = min_paired_videos(alpha)
+  valid = np.isfinite(a) & np.isfinite(b)
+  d = a[valid] - b[valid]
+  d = np.where(np.abs(d) <= _EQUAL_BPM, 0.0, d)
+  n = int(d.size)
+  nan = float("nan")
+  ci_low = ci_high = p = nan
+  if n >= 1 and not np.any(d):
+    ci_low = ci_high = 0.0
+    p = 1.0
+  elif n >= 1:
+    if n >= 2 and np.ptp(d) <= _EQUAL_BPM:         # one value: every resample mean is it
+      ci_low = ci_high = float(np.mean(d))
+    elif n >= 2:
+      ci = stats.bootstrap((d,), np.mean, n_resamples=num_resamples, method="BCa",
+                           confidence_level=confidence,
+                           rng=np.random.default_rng(seed)).confidence_interval
+      ci_low, ci_high = float(ci.low), float(ci.high)
+    p = float(stats.wilcoxon(d).pvalue)
+  mean_diff = float(np.mean(d)) if n else nan
+  if n and not np.any(d):
+    reason = "all_equal"
+  elif n < min_videos:
+    reason = "too_few_videos"
+  elif not (ci_low > 0 or ci_high < 0):
+    reason = "ci_includes_zero"
+  elif not p < alpha:
+    reason = "not_significant"
+  else:
+    reason = ""
+  verdict = ("no_measurable_difference" if reason else
+             "a_better" if mean_diff < 0 else "b_better")
+  return {
+      "num_videos": n, "num_invalid_videos": int(a.size - n),
+      "mae_a": float(np.mean(a[valid])) if n else nan,
+      "mae_b": float(np.mean(b[valid])) if n else nan,
+      "mean_diff": mean_diff, "ci_low": ci_low, "ci_high": ci_high,
+      "confidence": float(confidence), "num_resamples": int(num_resamples), "seed": int(seed),
+      "wilcoxon_p": p, "alpha": float(alpha), "min_videos": min_videos,
+      "verdict": verdict, "reason": reason,
+      "errors_a": a.tolist(), "errors_b": b.tolist(),
+  }

@@ -117,3 +117,114 @@ def test_signal_metrics_end_to_end(estimator):
     metrics.signal_metrics(sig, true, fps, estimator="peak")
   with pytest.raises(errors.DataError, match="pred_signals"):
     metrics.signal_metrics(sig[:3], true, fps)
+
+
+# --------------------------------------------------------------------------------------------
+# Paired comparison over videos.
+# --------------------------------------------------------------------------------------------
+
+def _errors(n, seed=0):
+  return np.random.default_rng(seed).uniform(1.0, 15.0, n)
+
+
+def test_video_abs_errors_mean_is_video_mae():
+  ids = np.array([0, 0, 1, 1, 2, 2])
+  true = np.array([60.0, 62.0, 80.0, 80.0, 100.0, 104.0])
+  pred = np.array([64.0, 66.0, 70.0, 74.0, np.nan, 100.0])
+  err = metrics.video_abs_errors(pred, true, ids)
+  np.testing.assert_allclose(err, [4.0, 8.0, 4.0])
+  assert np.mean(err) == pytest.approx(metrics.video_metrics(pred, true, ids)["mae"])
+
+
+def test_paired_identical_errors_no_measurable_difference():
+  err = _errors(12)
+  p = metrics.paired_comparison(err, err.copy())
+  assert p["num_videos"] == 12 and p["num_invalid_videos"] == 0
+  assert p["mean_diff"] == 0.0 and p["ci_low"] == 0.0 and p["ci_high"] == 0.0
+  assert p["wilcoxon_p"] == 1.0
+  assert p["verdict"] == "no_measurable_difference" and p["reason"] == "all_equal"
+  assert p["errors_a"] == err.tolist() and p["errors_b"] == err.tolist()
+
+
+@pytest.mark.parametrize("shift", [-2.0, 2.0])
+def test_paired_constant_shift_excludes_zero(shift):
+  err = _errors(10)
+  p = metrics.paired_comparison(err + shift, err)
+  assert p["mean_diff"] == pytest.approx(shift)
+  assert p["ci_low"] == pytest.approx(shift) and p["ci_high"] == pytest.approx(shift)
+  assert p["wilcoxon_p"] == pytest.approx(2 / 2 ** 10)       # exact: every sign the same
+  assert p["verdict"] == ("a_better" if shift < 0 else "b_better") and p["reason"] == ""
+  assert p["mae_a"] - p["mae_b"] == pytest.approx(shift)
+
+
+def test_paired_noisy_shift_matches_scipy_and_is_seeded():
+  rng = np.random.default_rng(3)
+  b = _errors(20, seed=1)
+  a = b - 3.0 + rng.normal(0, 1.0, 20)                       # A clearly better
+  p = metrics.paired_comparison(a, b, seed=7)
+  d = a - b
+  assert p["mean_diff"] == pytest.approx(np.mean(d))
+  assert p["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue)
+  want = stats.bootstrap((d,), np.mean, n_resamples=10_000, method="BCa",
+                         rng=np.random.default_rng(7)).confidence_interval
+  assert (p["ci_low"], p["ci_high"]) == pytest.approx((want.low, want.high))
+  assert p["ci_low"] < np.mean(d) < p["ci_high"] < 0
+  assert p["verdict"] == "a_better"
+  again = metrics.paired_comparison(a, b, seed=7)
+  assert (again["ci_low"], again["ci_high"]) == (p["ci_low"], p["ci_high"])
+  other = metrics.paired_comparison(a, b, seed=8)
+  assert (other["ci_low"], other["ci_high"]) != (p["ci_low"], p["ci_high"])
+
+
+def test_paired_noise_only_ci_includes_zero():
+  rng = np.random.default_rng(4)
+  b = _errors(12, seed=2)
+  a = b + rng.normal(0, 3.0, 12) * np.array([1, -1] * 6)     # no systematic difference
+  p = metrics.paired_comparison(a, b)
+  assert p["ci_low"] < 0 < p["ci_high"]
+  assert p["verdict"] == "no_measurable_difference" and p["reason"] == "ci_includes_zero"
+
+
+def test_paired_interval_alone_is_not_enough():
+  # 6 videos, 5 better by 1-5 bpm and 1 worse by 1: the bootstrap interval of the mean excludes
+  # 0 but the exact signed-rank p is 2 * 3 / 64 = 0.094, so no better method is named.
+  d = np.array([-1.0, -2.0, -3.0, -4.0, -5.0, 1.0])
+  b = _errors(6)
+  p = metrics.paired_comparison(b + d, b)
+  assert p["ci_high"] < 0 and p["wilcoxon_p"] == pytest.approx(6 / 64)
+  assert p["verdict"] == "no_measurable_difference" and p["reason"] == "not_significant"
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_paired_too_few_videos(n):
+  err = _errors(n)
+  p = metrics.paired_comparison(err - 3.0, err)              # every video better by 3 bpm
+  assert p["num_videos"] == n and p["min_videos"] == 6
+  assert p["verdict"] == "no_measurable_difference" and p["reason"] == "too_few_videos"
+  assert np.isnan(p["ci_low"]) == (n < 2) and np.isnan(p["wilcoxon_p"]) == (n == 0)
+  if n >= 2:
+    assert p["ci_low"] == pytest.approx(-3.0) and p["wilcoxon_p"] == pytest.approx(2 / 2 ** n)
+
+
+def test_paired_drops_nan_videos_and_rejects_bad_inputs():
+  err = _errors(8)
+  a = (err - 2.0).copy()
+  a[3] = np.nan
+  b = err.copy()
+  b[5] = np.nan
+  p = metrics.paired_comparison(a, b)
+  assert p["num_videos"] == 6 and p["num_invalid_videos"] == 2
+  assert p["mae_b"] == pytest.approx(np.mean(np.delete(err, [3, 5])))
+  assert np.isnan(p["errors_a"][3]) and len(p["errors_b"]) == 8
+  with pytest.raises(errors.DataError, match="same length"):
+    metrics.paired_comparison(err, err[:3])
+  with pytest.raises(errors.ConfigError, match="confidence"):
+    metrics.paired_comparison(err, err, confidence=1.0)
+
+
+def test_min_paired_videos():
+  assert metrics.min_paired_videos(0.05) == 6           # 2 / 2**6 = 0.031 < 0.05 <= 2 / 2**5
+  assert metrics.min_paired_videos(0.01) == 8           # 2 / 2**8 = 0.0078 < 0.01 <= 2 / 2**7
+  for alpha in (0.05, 0.01, 0.1):
+    n = metrics.min_paired_videos(alpha)
+    assert 2 / 2 ** n < alpha <= 2 / 2 ** (n - 1)
