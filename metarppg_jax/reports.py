@@ -2,7 +2,9 @@
 
 - `write_metrics_json` / `read_metrics_json`: `{method: {split: {metric: value}}}`, keys sorted,
   NaN/inf written as null (strict JSON) and read back as NaN.
-- `write_report_md`: title, notes, one comparison table a split (methods as rows), figures.
+- `write_report_md`: title, notes, one comparison table a split (methods as rows; per-video
+  metrics first, per-window after), the paired comparisons over videos with their verdict
+  sentences (`comparison_sentence`), figures.
 - Plots (PNG): `plot_signal`, `plot_spectrum`, `plot_bland_altman`, `plot_training_curves`.
 - `heatmap_animation`: the original README's visualisation as an animated GIF (blitted frames,
   one shared palette: seconds, not minutes, for a 10 s video).
@@ -16,7 +18,7 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import uuid
 
 import matplotlib
@@ -40,11 +42,36 @@ _COLUMNS = (
     ("SNR (dB)", "snr", None, "{:.2f}"),
     ("windows", "num_windows", None, "{:d}"),
 )
+# With per-video metrics: these first (the windows of one video are not independent, so
+# only the videos are independent samples), then the per-window ones.
 _VIDEO_COLUMNS = (
-    ("MAE video (bpm)", "mae", "mae_se", "{:.2f}"),
-    ("r video", "pearson", "pearson_se", "{:.3f}"),
+    ("MAE (bpm)", "mae", "mae_se", "{:.2f}"),
+    ("RMSE (bpm)", "rmse", "rmse_se", "{:.2f}"),
+    ("MAPE (%)", "mape", "mape_se", "{:.2f}"),
+    ("Pearson r", "pearson", "pearson_se", "{:.3f}"),
     ("videos", "num_videos", None, "{:d}"),
 )
+_WINDOW_COLUMNS = (
+    ("MAE per window (bpm)", "mae", "mae_se", "{:.2f}"),
+    ("r per window", "pearson", "pearson_se", "{:.3f}"),
+    ("SNR (dB)", "snr", None, "{:.2f}"),
+    ("windows", "num_windows", None, "{:d}"),
+)
+
+
+class Comparison(NamedTuple):
+  """A paired comparison to report.
+
+  split: the split it was computed on; a, b: the two methods' display names; stats:
+  `metrics.paired_comparison` of a's and b's per-video errors; subject: what a against b
+  measures (e.g. "Transductive adaptation" for adapted against not adapted): the verdict then
+  says whether it helps or hurts; None: which method beats which.
+  """
+  split: str
+  a: str
+  b: str
+  stats: Mapping
+  subject: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,20 +166,105 @@ def _cell(values: Mapping, key: str, se_key: str | None, fmt: str) -> str:
   return text
 
 
+def _num(x, fmt: str = "{:.2f}") -> str:
+  if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    return "n/a"
+  return fmt.format(x)
+
+
+def _reason(stats: Mapping) -> str:
+  """Why a comparison names no better method, in words."""
+  reason, alpha = stats["reason"], stats["alpha"]
+  if reason == "ci_includes_zero":
+    return f"the {100 * stats['confidence']:g} % interval includes 0"
+  if reason == "not_significant":
+    return (f"the interval excludes 0 but the signed-rank test does not support it "
+            f"(p >= {alpha:g})")
+  if reason == "too_few_videos":
+    return (f"{stats['num_videos']} videos are too few to tell (a two-sided signed-rank test "
+            f"needs at least {stats['min_videos']} to reach p < {alpha:g})")
+  if reason == "all_equal":
+    return "every video has the same error with both"
+  raise errors.DataError(f"paired comparison has an unknown reason {reason!r}")
+
+
+def _paired_numbers(stats: Mapping) -> str:
+  return (f"per-video MAE {_num(stats['mae_a'])} vs {_num(stats['mae_b'])} bpm over "
+          f"{stats['num_videos']} videos, difference {_num(stats['mean_diff'], '{:+.2f}')} bpm "
+          f"({100 * stats['confidence']:g} % CI [{_num(stats['ci_low'], '{:+.2f}')}, "
+          f"{_num(stats['ci_high'], '{:+.2f}')}], Wilcoxon signed-rank "
+          f"p = {_num(stats['wilcoxon_p'], '{:.3g}')})")
+
+
+def comparison_sentence(c: Comparison) -> str:
+  """The verdict of a paired comparison in words, with its numbers.
+
+  A direction ("helps"/"hurts" with a subject, "A beats B" without) only for the verdicts
+  "a_better"/"b_better" of `metrics.paired_comparison`; otherwise "no measurable difference"
+  and the reason.
+  """
+  verdict, numbers = c.stats["verdict"], _paired_numbers(c.stats)
+  where = f"on split `{c.split}`"
+  if verdict == "a_better":
+    return (f"{c.subject} helps {where}" if c.subject else
+            f"{c.a} beats {c.b} {where}") + f": {numbers}."
+  if verdict == "b_better":
+    return (f"{c.subject} hurts {where}" if c.subject else
+            f"{c.b} beats {c.a} {where}") + f": {numbers}."
+  if verdict != "no_measurable_difference":
+    raise errors.DataError(f"paired comparison of {c.a} and {c.b} has an unknown verdict "
+                           f"{verdict!r}")
+  head = (f"{c.subject} makes no measurable difference {where}" if c.subject else
+          f"No measurable difference between {c.a} and {c.b} {where}")
+  return f"{head}: {numbers}; {_reason(c.stats)}."
+
+
+def _comparison_lines(comparisons: Sequence[Comparison]) -> list[str]:
+  """The paired table of one split and a verdict sentence a comparison."""
+  first = comparisons[0].stats
+  lines = [f"Paired over videos (difference = first - second per-video absolute error, "
+           f"negative: the first is closer; {100 * first['confidence']:g} % BCa bootstrap "
+           f"interval of the mean difference, {first['num_resamples']} resamples, seed "
+           f"{first['seed']}; two-sided Wilcoxon signed-rank test; a method is called better "
+           f"only when the interval excludes 0 and p < {first['alpha']:g}):", "",
+           "| first | second | videos | MAE first (bpm) | MAE second (bpm) | difference (bpm) "
+           f"| {100 * first['confidence']:g} % CI | Wilcoxon p | verdict |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+  sentences = [comparison_sentence(c) for c in comparisons]   # unknown verdicts raise here
+  for c in comparisons:
+    s = c.stats
+    verdict = {"a_better": f"{c.a} better", "b_better": f"{c.b} better"}.get(
+        s["verdict"], "no measurable difference")
+    lines.append(
+        f"| {c.a} | {c.b} | {s['num_videos']} | {_num(s['mae_a'])} | {_num(s['mae_b'])} | "
+        f"{_num(s['mean_diff'], '{:+.2f}')} | [{_num(s['ci_low'], '{:+.2f}')}, "
+        f"{_num(s['ci_high'], '{:+.2f}')}] | {_num(s['wilcoxon_p'], '{:.3g}')} | "
+        f"{verdict} |")
+  lines.append("")
+  for sentence in sentences:
+    lines += [sentence, ""]
+  return lines
+
+
 def write_report_md(path: PathLike, results: Mapping[str, Mapping[str, Mapping]], *,
                     title: str, notes: str | Sequence[str] = (),
+                    comparisons: Sequence[Comparison] = (),
                     figures: Mapping[str, PathLike] | Sequence[tuple[str, PathLike]] = ()
                     ) -> pathlib.Path:
-  """Writes a Markdown report: title, notes, a comparison table a split, figures.
+  """Writes a Markdown report: title, notes, a table and the paired comparisons a split, figures.
 
   Args:
     path: the report file (e.g. WORKDIR/report.md).
-    results: as for `write_metrics_json`. Rows are methods (in the dict's order), columns
-      MAE, RMSE, MAPE (± standard error), Pearson r (± se), SNR, windows; if a split's dict has
-      a "video" dict (`metrics.video_metrics`), its MAE, r and count follow. The lowest MAE of
-      each split is in bold. Values that are NaN/None print as "n/a".
+    results: as for `write_metrics_json`. Rows are methods (in the dict's order). When the
+      split's dicts have a "video" dict (`metrics.video_metrics`), its MAE, RMSE, MAPE,
+      Pearson r (± standard error over videos) and number of videos come first, then the
+      per-window MAE, r, SNR and number of windows; without one, the per-window MAE, RMSE,
+      MAPE, r, SNR and windows. The lowest MAE of the first column is in bold. Values that are
+      NaN/None print as "n/a".
     title: the report's heading.
-    notes: paragraphs (e.g. which method wins, honestly, and the setting).
+    notes: paragraphs (e.g. the setting).
+    comparisons: paired comparisons over videos; those of a split follow its table, as a
+      table and one verdict sentence each (`comparison_sentence`).
     figures: caption -> image path (or (caption, path) pairs); paths are written relative to
       the report's directory.
   """
@@ -161,29 +273,41 @@ def write_report_md(path: PathLike, results: Mapping[str, Mapping[str, Mapping]]
   notes = [notes] if isinstance(notes, str) else list(notes)
   figures = list(figures.items()) if isinstance(figures, Mapping) else list(figures)
   splits = list(dict.fromkeys(s for per_method in results.values() for s in per_method))
+  orphans = sorted({c.split for c in comparisons} - set(splits))
+  if orphans:
+    raise errors.DataError(f"paired comparisons of the splits {orphans} have no results "
+                           f"(results have {splits})")
   lines = [f"# {title}", ""]
   for note in notes:
     lines += [note, ""]
   for split in splits:
     rows = [(m, r[split]) for m, r in results.items() if split in r]
     with_video = any(isinstance(v.get("video"), Mapping) for _, v in rows)
-    cols = list(_COLUMNS)
-    header = ["method"] + [c[0] for c in cols]
-    if with_video:
-      header += [c[0] for c in _VIDEO_COLUMNS]
-    maes = [float(v["mae"]) if v["mae"] is not None else float("nan") for _, v in rows]
+    # (columns, where their values are) in order: per video first when there is a per-video
+    # dict, per window after it.
+    video_of = lambda v: v["video"] if isinstance(v.get("video"), Mapping) else {}
+    groups = ([(_VIDEO_COLUMNS, video_of), (_WINDOW_COLUMNS, lambda v: v)] if with_video
+              else [(_COLUMNS, lambda v: v)])
+    header = ["method"] + [c[0] for cols, _ in groups for c in cols]
+    primary = [groups[0][1](v).get("mae") for _, v in rows]
+    maes = [math.nan if m is None else float(m) for m in primary]
     best = np.nanargmin(maes) if np.any(np.isfinite(maes)) else -1
-    lines += [f"## {split}", "", "| " + " | ".join(header) + " |",
+    lines += [f"## {split}", ""]
+    if with_video:
+      lines += ["Per video first (the mean heart rate of each video against its truth; ± is "
+                "one standard error over videos), then per HR window (overlapping windows of "
+                "one video are not independent: their ± understates the uncertainty).", ""]
+    lines += ["| " + " | ".join(header) + " |",
               "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for i, (method, values) in enumerate(rows):
-      cells = [_cell(values, *c[1:]) for c in cols]
+      cells = [_cell(where(values), *c[1:]) for cols, where in groups for c in cols]
       if i == best:
         cells[0] = f"**{cells[0]}**"
-      if with_video:
-        video = values.get("video") if isinstance(values.get("video"), Mapping) else {}
-        cells += [_cell(video, *c[1:]) for c in _VIDEO_COLUMNS]
       lines.append("| " + " | ".join([method] + cells) + " |")
     lines.append("")
+    paired = [c for c in comparisons if c.split == split]
+    if paired:
+      lines += _comparison_lines(paired)
   if figures:
     lines += ["## Figures", ""]
     for caption, fig_path in figures:
