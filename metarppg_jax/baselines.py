@@ -267,7 +267,10 @@ def ica(rgb, fps: float, *, band: Sequence[float] = ICA_BAND_HZ) -> np.ndarray:
   c = smoothness_detrend(np.swapaxes(x, -1, -2))               # [..., 3, T]
   c = c - c.mean(axis=-1, keepdims=True)
   std = c.std(axis=-1, keepdims=True)
-  c = np.divide(c, std, out=np.zeros_like(c), where=std > 0)
+  # A flat channel detrends to rounding noise, which standardising would blow up to unit
+  # variance: it stays zero.
+  level = np.swapaxes(x, -1, -2).mean(axis=-1, keepdims=True)
+  c = np.divide(c, std, out=np.zeros_like(c), where=std > 1e-10 * level)
   comps = jade(c)
   num_t = comps.shape[-1]
   power = np.abs(np.fft.rfft(comps, axis=-1)[..., 1:(num_t - 1) // 2 + 1]) ** 2
