@@ -21,8 +21,8 @@ import ml_collections
 
 from metarppg_jax.errors import ConfigError
 
-METHODS = ("meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica")
-CLASSICAL_METHODS = ("green", "chrom", "pos", "ica")
+METHODS = ("meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica", "lgi", "pbv", "omit")
+CLASSICAL_METHODS = ("green", "chrom", "pos", "ica", "lgi", "pbv", "omit")
 LEARNED_METHODS = ("meta_rppg", "no_adaptation")
 CONFIG_FILE = "config.json"
 WINDOW = 60  # frames a window: psi's channels are the 60 time steps (MODEL_SPEC)

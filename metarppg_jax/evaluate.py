@@ -57,7 +57,8 @@ VIDEOS_PER_CALL = 2     # videos a jitted evaluation call adapts at once (bounds
 HEATMAP_VIDEOS = 1
 HEATMAP_WINDOWS = 2     # query windows animated (4 s)
 METHOD_TITLES = {"meta_rppg": "Meta-rPPG", "no_adaptation": "no adaptation",
-                 "green": "GREEN", "chrom": "CHROM", "pos": "POS", "ica": "ICA"}
+                 "green": "GREEN", "chrom": "CHROM", "pos": "POS", "ica": "ICA", "lgi": "LGI",
+                 "pbv": "PBV", "omit": "OMIT"}
 
 
 class EvalData(NamedTuple):

@@ -49,7 +49,8 @@ def test_main_trains_and_evaluates_tiny(tmp_path):
               f"--config.data.data_dir={tmp_path / 'data'}"], timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   metrics = json.loads((workdir / "metrics.json").read_text())
-  assert set(metrics) == {"meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica"}
+  assert set(metrics) == {"meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica", "lgi",
+                          "pbv", "omit"}
   for method in metrics.values():
     assert {"mae", "rmse", "mape", "pearson", "snr", "num_windows"} <= set(method["test"])
   assert json.loads((workdir / "config.json").read_text())["data"]["builder_config"] == "tiny"
