@@ -19,10 +19,18 @@ scores the windows (`metrics.signal_metrics`: per window, per video, SNR of the 
 `config.method` picks what is evaluated: "meta_rppg" (the default) evaluates all six methods
 for the comparison; any other name only that method (a classical one needs no checkpoint).
 
+The windows of one video are not independent, so the videos are the samples: with both
+Meta-rPPG and another method evaluated, `metrics.paired_comparison` compares their per-video
+absolute errors (Meta-rPPG against the same model without adaptation, and against the
+classical method with the lowest per-video MAE), and the report names a better method only
+where that comparison supports it.
+
 Outputs in the workdir: metrics.json (`{method: {split: {mae, rmse, mape, pearson, snr,
-num_windows, ..., "video": {...}}}}`), report.md, plots/ (signal vs ground truth, spectrum,
-Bland-Altman per window and per video, training curves) and plots/heatmap_*.gif (saliency
-|d expected level / d input| of the model without and with adaptation).
+num_windows, ..., "video": {...}}}}`; Meta-rPPG's split also holds `"paired": {other method:
+metrics.paired_comparison(...) plus "a", "b", "videos", "role"}`), report.md, plots/ (signal
+vs ground truth, spectrum, Bland-Altman per window and per video, training curves) and
+plots/heatmap_*.gif (saliency |d expected level / d input| of the model without and with
+adaptation).
 """
 
 import functools
@@ -56,6 +64,11 @@ HISTORY_FILE = "history.json"
 VIDEOS_PER_CALL = 2     # videos a jitted evaluation call adapts at once (bounds memory)
 HEATMAP_VIDEOS = 1
 HEATMAP_WINDOWS = 2     # query windows animated (4 s)
+# The paired comparisons' interval: level, bootstrap resamples and seed (fixed: the same
+# errors always give the same interval).
+PAIRED_CONFIDENCE = 0.95
+PAIRED_RESAMPLES = 10_000
+PAIRED_SEED = 0
 METHOD_TITLES = {"meta_rppg": "Meta-rPPG", "no_adaptation": "no adaptation",
                  "green": "GREEN", "chrom": "CHROM", "pos": "POS", "ica": "ICA", "lgi": "LGI",
                  "pbv": "PBV", "omit": "OMIT"}
@@ -258,45 +271,74 @@ def _methods(config) -> tuple[str, ...]:
   return (config.method,)
 
 
+def _video_errors(results: dict, method: str, split: str) -> np.ndarray:
+  """f64[V] per-video absolute errors of a method (`metrics.video_abs_errors`)."""
+  r = results[method][split]
+  pred, true = np.asarray(r["hr_pred"]), np.asarray(r["hr_true"])
+  ids = np.repeat(np.arange(pred.shape[0]), pred.shape[1])
+  return metrics_lib.video_abs_errors(pred.ravel(), true.ravel(), ids)
+
+
+def best_classical(results: dict, split: str) -> str | None:
+  """The classical method with the lowest finite per-video MAE on `split`, None if none."""
+  maes = {m: r[split]["video"]["mae"] for m, r in results.items()
+          if m in configuration.CLASSICAL_METHODS and np.isfinite(r[split]["video"]["mae"])}
+  return min(maes, key=maes.get) if maes else None
+
+
+def paired(results: dict, data: EvalData) -> dict[str, dict]:
+  """Meta-rPPG against the model without adaptation and against the best classical method,
+  each a `metrics.paired_comparison` of per-video errors on the same videos, plus "a", "b"
+  (method names), "videos" (ids, the errors' order) and "role" ("adaptation" or
+  "best_classical"): {other method: that}. Empty without Meta-rPPG or another method."""
+  split = data.split
+  if "meta_rppg" not in results:
+    return {}
+  others = {"no_adaptation": "adaptation", best_classical(results, split): "best_classical"}
+  err_a = _video_errors(results, "meta_rppg", split)
+  out = {}
+  for b, role in others.items():
+    if b is None or b not in results:
+      continue
+    stats = metrics_lib.paired_comparison(
+        err_a, _video_errors(results, b, split), confidence=PAIRED_CONFIDENCE,
+        num_resamples=PAIRED_RESAMPLES, seed=PAIRED_SEED)
+    out[b] = dict(stats, a="meta_rppg", b=b, videos=list(data.video_ids), role=role)
+  return out
+
+
+def _comparisons(table: dict, split: str) -> list[reports.Comparison]:
+  """The report's paired comparisons, from Meta-rPPG's "paired" results."""
+  pairs = table.get("meta_rppg", {}).get(split, {}).get("paired", {})
+  return [reports.Comparison(
+      split, METHOD_TITLES[s["a"]], METHOD_TITLES[s["b"]], s,
+      subject="Transductive adaptation" if s["role"] == "adaptation" else None)
+          for s in pairs.values()]
+
+
 def _notes(config, results: dict, data: EvalData, checkpoint: str | None) -> list[str]:
   split = data.split
-  maes = {m: r[split]["mae"] for m, r in results.items()}
-  finite = {m: v for m, v in maes.items() if np.isfinite(v)}
   notes = [
       f"Dataset `{config.data.dataset}` (config `{config.data.builder_config or 'default'}`), "
       f"split `{split}` (domain `{data.domain}`): {len(data.video_ids)} videos. Every method is "
       f"scored on the same {config.eval.queries} query windows of {config.data.window} frames "
       f"a video ({config.eval.queries * config.data.window / data.fps:.0f} s, after "
       f"{config.meta.fewshots} unlabelled support window(s) that only Meta-rPPG adapts on). "
-      f"HR per window of {config.eval.hr_window_s:g} s every {config.eval.hr_stride_s:g} s "
-      f"(overlapping windows are not independent: the per-video columns are the honest "
-      f"ones), estimator `{config.eval.hr_estimator}`; ± is one standard error.",
+      f"HR per window of {config.eval.hr_window_s:g} s every {config.eval.hr_stride_s:g} s, "
+      f"estimator `{config.eval.hr_estimator}`; a video's HR is the mean of its windows'. ± is "
+      f"one standard error.",
   ]
   if checkpoint:
     notes.append(f"Model checkpoint: `{checkpoint}`.")
-  if finite:
+  maes = {m: r[split]["video"]["mae"] for m, r in results.items()}
+  finite = {m: v for m, v in maes.items() if np.isfinite(v)}
+  if len(finite) >= 2:
     ranked = sorted(finite, key=finite.get)
-    best = ranked[0]
-    notes.append("Ranking by MAE per window (lower is better): " + ", ".join(
-        f"{METHOD_TITLES[m]} {finite[m]:.2f}" for m in ranked) + f" bpm. **{METHOD_TITLES[best]}"
-        " has the lowest MAE here.**")
-    if "meta_rppg" in finite and "no_adaptation" in finite:
-      diff = finite["no_adaptation"] - finite["meta_rppg"]
-      verdict = ("helps" if diff > 0 else "does not help" if diff < 0 else "changes nothing")
-      notes.append(f"Transductive adaptation {verdict} on this split: MAE "
-                   f"{finite['meta_rppg']:.2f} with vs {finite['no_adaptation']:.2f} bpm "
-                   f"without ({-diff:+.2f} bpm).")
-    learned = [m for m in ranked if m in configuration.LEARNED_METHODS]
-    classical = [m for m in ranked if m in configuration.CLASSICAL_METHODS]
-    if learned and classical:
-      lm, cm = learned[0], classical[0]
-      if finite[lm] <= finite[cm]:
-        notes.append(f"The best learned method ({METHOD_TITLES[lm]}) beats the best classical "
-                     f"one ({METHOD_TITLES[cm]}) by {finite[cm] - finite[lm]:.2f} bpm.")
-      else:
-        notes.append(f"The best classical method ({METHOD_TITLES[cm]}) beats the best learned "
-                     f"one ({METHOD_TITLES[lm]}) by {finite[lm] - finite[cm]:.2f} bpm: the "
-                     "trained model is not yet better than a training-free method here.")
+    notes.append(
+        "Per-video MAE, lowest first: " + ", ".join(
+            f"{METHOD_TITLES[m]} {finite[m]:.2f}" for m in ranked) + " bpm. A ranking of "
+        f"point estimates over {len(data.video_ids)} videos, not a verdict: which differences "
+        "these videos resolve is in the paired comparisons below the table.")
   return notes
 
 
@@ -420,13 +462,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, stat
 
   table = {m: {data.split: {k: v for k, v in r[data.split].items()
                             if k not in ("hr_pred", "hr_true")}} for m, r in results.items()}
+  pairs = paired(results, data)
+  if pairs:
+    table["meta_rppg"][data.split]["paired"] = pairs
   if jax.process_index() != 0:  # every process computed (collectives); process 0 writes
     return {"metrics": table, "checkpoint": checkpoint, "files": {}}
   metrics_path = reports.write_metrics_json(workdir / METRICS_FILE, table)
   notes = _notes(config, table, data, checkpoint)
   write_report = lambda figures: reports.write_report_md(
       workdir / REPORT_FILE, {METHOD_TITLES[m]: r for m, r in table.items()},
-      title="Meta-rPPG evaluation", notes=notes, figures=figures)
+      title="Meta-rPPG evaluation", notes=notes,
+      comparisons=_comparisons(table, data.split), figures=figures)
   report_path = write_report([])  # the table first: plots take a while
   figures = []
   if plots:
