@@ -88,13 +88,13 @@ def test_load_dataset_builds_synthetic_on_first_use(tmp_path):
   assert os.path.getmtime(
       tmp_path / "synthetic_rppg" / "tiny" / VERSION / "dataset_info.json") == stamp
   np.testing.assert_array_equal(again["test"][0]["ppg"], record["ppg"])
-  # End to end: build -> eval windows -> POS on the masked RGB means recovers the generator's
+  # End to end: build -> eval windows -> LGI on the masked RGB means recovers the generator's
   # heart rate on the source-domain videos (the rgb trace is aligned with the hr labels).
   from metarppg_jax import baselines, heart_rate   # pylint: disable=g-import-not-at-top
   from metarppg_jax.data import input_pipeline     # pylint: disable=g-import-not-at-top
   for split in ("train", "validation"):
     for v in input_pipeline.eval_videos(again[split], window=60):
-      signal = baselines.rppg_signal("pos", v["rgb"].reshape(-1, 3), v["fps"])
+      signal = baselines.rppg_signal("lgi", v["rgb"].reshape(-1, 3), v["fps"])
       assert abs(float(heart_rate.hr_estimate(signal, v["fps"])) - v["hr"].mean()) < 2.0
 
 
