@@ -1,0 +1,123 @@
+"""Signal quality, beats, heart-rate variability and respiration from an rPPG signal.
+
+- `quality`: a 0..1 score of how clearly the heart rate stands out, from de Haan's SNR
+  (`heart_rate.snr`, dB) at the signal's own spectral peak, mapped linearly from
+  `SNR_FLOOR_DB` (0: what a window of white noise scores: measured median -5.3 dB, 99th
+  percentile -1.3 dB over 2000 windows of 10 s at 30 fps) to `SNR_GOOD_DB` (1: a clearly
+  periodic pulse; clean synthetic videos score 10..13 dB through POS, compressed and noisy
+  ones 4..8 dB).
+- `find_beats`: systolic peak times. The rule: orient the signal so that blood volume is up
+  (`orient`), band-pass it (Butterworth order 2, zero phase) from 0.5 Hz to 1.8 times the
+  heart rate read from its spectrum (keeps the beat-to-beat and respiratory modulation, which
+  are sidebands of at most +-0.5 Hz, and drops the dicrotic wave and the harmonics that make
+  a second peak a beat), upsample it 8 times (`scipy.signal.resample_poly`, so a peak is
+  located to ~4 ms at 30 fps instead of a whole 33 ms frame), then NeuroKit2's Elgendi
+  detector (`ppg_findpeaks`) and its Kubios artefact correction (`signal_fixpeaks`:
+  missed, extra and misplaced beats, Lipponen & Tarvainen 2019).
+- `hrv_time`: SDNN, RMSSD (ms) and pNN50 (%) of the beat intervals (NeuroKit2 `hrv_time`).
+- `respiration_rate`: breaths a minute from respiratory sinus arrhythmia: the instantaneous
+  heart rate at the beats, interpolated to 4 Hz, and its spectral peak in 0.1..0.5 Hz
+  (6..30 breaths a minute) by `heart_rate.hr_estimate`'s refined peak picking.
+
+Signal layer: imports no model code.
+"""
+
+import warnings
+
+import neurokit2 as nk
+import numpy as np
+from scipy import interpolate
+from scipy import signal as sps
+
+from metarppg_jax import heart_rate
+
+SNR_FLOOR_DB = -5.0           # quality 0: the SNR of white noise at its own peak
+SNR_GOOD_DB = 5.0             # quality 1
+BEAT_BAND_LOW_HZ = 0.5
+BEAT_BAND_HR_MULTIPLE = 1.8   # upper edge of the beat band, in multiples of the heart rate
+UPSAMPLE = 8
+RESP_BAND_HZ = (0.1, 0.5)
+RESP_RATE_HZ = 4.0            # resampling rate of the instantaneous heart rate
+MIN_BEATS = 5                 # fewer beats give no HRV (4 intervals, 3 successive differences)
+
+
+def quality(snr_db) -> np.ndarray:
+  """SNR (dB) -> quality in 0..1 (module docstring); NaN SNR -> 0. f[...] -> f64[...]."""
+  q = (np.asarray(snr_db, np.float64) - SNR_FLOOR_DB) / (SNR_GOOD_DB - SNR_FLOOR_DB)
+  return np.where(np.isfinite(q), np.clip(q, 0.0, 1.0), 0.0)
+
+
+def assess(sig, fps: float) -> tuple[float, float, float]:
+  """Heart rate (bpm), SNR (dB) and quality of one signal f[n]; NaN HR / SNR for a flat one."""
+  hr = float(heart_rate.hr_estimate(sig, fps))
+  snr_db = float(heart_rate.snr(sig, fps, hr)) if np.isfinite(hr) else float("nan")
+  return hr, snr_db, float(quality(snr_db))
+
+
+def orient(sig, blood_down, fps: float) -> np.ndarray:
+  """The signal f[n] at `fps` with its sign chosen so that it rises with blood volume.
+
+  `blood_down` f[n] is a trace that falls when blood volume rises (e.g. the skin's green
+  level: blood absorbs green light); the signal is flipped when it correlates positively
+  with it after both are band-passed to the heart-rate band. rPPG methods differ in sign
+  (POS, CHROM and GREEN fall with blood volume, a model trained on PPG rises), and the
+  systolic peak is the sharp extremum only on the right side up.
+  """
+  x = np.asarray(sig, np.float64)
+  ref = np.asarray(blood_down, np.float64)
+  if x.shape != ref.shape or x.ndim != 1:
+    raise ValueError(f"signal {x.shape} and reference {ref.shape} must both be f[n]")
+  if x.size < 16:
+    return x
+  sos = sps.butter(2, heart_rate.HR_BAND_HZ, btype="bandpass", fs=fps, output="sos")
+  return -x if np.dot(sps.sosfiltfilt(sos, x), sps.sosfiltfilt(sos, ref)) > 0 else x
+
+
+def find_beats(sig, fps: float, hr_bpm: float) -> np.ndarray:
+  """Systolic peak times f64[B] (s from the signal's first sample) of a signal that rises
+  with blood volume, f[n] at `fps`, whose heart rate is about `hr_bpm` (module docstring)."""
+  x = np.asarray(sig, np.float64)
+  if x.ndim != 1 or x.size < 4 or not np.isfinite(hr_bpm) or hr_bpm <= 0:
+    return np.zeros(0)
+  high = min(BEAT_BAND_HR_MULTIPLE * hr_bpm / 60.0, 0.45 * fps)
+  if high <= BEAT_BAND_LOW_HZ:
+    return np.zeros(0)
+  sos = sps.butter(2, [BEAT_BAND_LOW_HZ, high], btype="bandpass", fs=fps, output="sos")
+  y = sps.sosfiltfilt(sos, x, padlen=min(3 * (2 * len(sos) + 1), x.size - 1))
+  up = sps.resample_poly(y, UPSAMPLE, 1)
+  rate = fps * UPSAMPLE
+  with warnings.catch_warnings():   # NeuroKit2 warns on short signals; too few beats is
+    warnings.simplefilter("ignore")  # handled by the callers
+    peaks = np.asarray(nk.ppg_findpeaks(up, sampling_rate=rate)["PPG_Peaks"], np.int64)
+    if peaks.size >= MIN_BEATS:
+      _, peaks = nk.signal_fixpeaks(peaks, sampling_rate=rate, method="Kubios")
+  return np.unique(np.asarray(peaks, np.int64)) / rate
+
+
+def hrv_time(beats) -> dict[str, float] | None:
+  """{"sdnn_ms", "rmssd_ms", "pnn50_pct"} of beat times f[B] (s), or None under MIN_BEATS."""
+  b = np.asarray(beats, np.float64)
+  if b.size < MIN_BEATS:
+    return None
+  ms = np.round(b * 1000).astype(np.int64)       # peaks as sample indices at 1000 Hz
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    table = nk.hrv_time(ms, sampling_rate=1000)
+  return {"sdnn_ms": float(table["HRV_SDNN"].iloc[0]),
+          "rmssd_ms": float(table["HRV_RMSSD"].iloc[0]),
+          "pnn50_pct": float(table["HRV_pNN50"].iloc[0])}
+
+
+def respiration_rate(beats) -> float:
+  """Breaths a minute from the beat times f[B] (s) by respiratory sinus arrhythmia (module
+  docstring); NaN when the beats span less than two slowest breaths (20 s) or are too few."""
+  b = np.asarray(beats, np.float64)
+  if b.size < MIN_BEATS or b[-1] - b[0] < 2.0 / RESP_BAND_HZ[0]:
+    return float("nan")
+  mid = (b[1:] + b[:-1]) / 2
+  rate = 60.0 / np.diff(b)
+  t = np.arange(mid[0], mid[-1], 1.0 / RESP_RATE_HZ)
+  if t.size < 8:
+    return float("nan")
+  series = interpolate.CubicSpline(mid, rate)(t)
+  return float(heart_rate.hr_estimate(series, RESP_RATE_HZ, band=RESP_BAND_HZ))

@@ -1,0 +1,695 @@
+r"""Live heart rate from a camera, a video file or a network stream.
+
+  python -m metarppg_jax.stream 0 --method pos                       # camera 0
+  python -m metarppg_jax.stream face.mp4 --workdir DIR --realtime     # a file, paced
+  python -m metarppg_jax.stream rtsp://host/cam --method chrom --out hr.jsonl
+  python -m metarppg_jax.stream face.mp4 --method pos --video_out annotated.mp4
+
+Frames are read on their own thread (`data.live_source`) into a bounded queue; a live source
+(camera, URL, `--realtime` file) never waits for the processing: when the queue is full the
+frame is dropped and counted. Each frame goes through the causal face tracker
+(`data.face_track`: the project's Haar detection every k frames, box smoothing, sub-pixel crop)
+and is put on a uniform time grid (the nearest frame to each k / fps, as
+`preprocess.resample_video`; dropped frames are bridged by their neighbours).
+
+Methods:
+- meta_rppg (default): the model of --workdir / --checkpoint (restored as `predict` does), or
+  the packaged pretrained model (`metarppg_jax.pretrained`) when neither is given. The crops
+  are cut into the model's windows (`data.window` frames at `data.fps`), skin-masked
+  (`faces.skin_mask` over the last `--window_s` of crops) and normalised
+  (`preprocess.normalize_clip` with `data.normalization`), so the model sees what it was
+  trained on. It adapts once, without labels (`meta.adapt`), on the first `meta.fewshots`
+  windows, then predicts every window (`meta.predict`), the adaptation windows included; each
+  window's expected level (`heart_rate.levels_to_signal`) has its mean removed, since the
+  levels are scaled per window and the steps between windows would otherwise show in the
+  spectrum. On a live source the model runs on a worker thread, so tracking never waits for it
+  (the newest window's signal then lags the newest frame by up to a window); an unpaced file
+  waits for it.
+- any classical method of `baselines.METHODS` (pos, chrom, green, ica, ...): the masked mean
+  colour of the crops (`preprocess.masked_rgb_means`) -> `baselines.rppg_signal`.
+
+Every `--stride_s` (1 s) of video a reading is printed as one JSON line on stdout (and
+appended to --out): `t` (s of video, the newest frame), `hr` (bpm from `heart_rate.hr_estimate`
+over the last `--window_s` s of signal; null with a `reason` while warming up or adapting, when
+the face is not in view, or when `quality` < `--min_quality`), `quality` (0..1 from the SNR at
+the spectral peak, `hrv.quality`), `snr_db`, `hrv` (SDNN, RMSSD, pNN50 and a respiration rate
+from the beats found in the last `--hrv_window_s` s of signal, `hrv.find_beats`; null unless
+that span's quality is at least `--hrv_min_quality`), `latency_s` (from the newest frame's
+arrival to the reading) and `adapted` (meta_rppg; null for classical methods). The last line
+is a summary: frames read, processed, dropped (and dropped after adaptation), processing fps,
+median latency and why the stream ended. Ctrl-C (SIGINT) or SIGTERM ends the stream with the
+summary and exit status 0; a source that cannot be opened prints `error: ...` (exit 1); a
+stream that fails or stalls mid-way prints the message and the summary (exit 1).
+
+`--video_out FILE.mp4`: the processed frames with the face box, the last reading and a
+scrolling trace of the signal drawn in (H.264, PyAV).
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import fractions
+import json
+import math
+import signal as signal_lib
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import av
+import cv2
+import numpy as np
+
+from metarppg_jax import baselines
+from metarppg_jax import heart_rate
+from metarppg_jax import hrv
+from metarppg_jax.data import face_track
+from metarppg_jax.data import faces
+from metarppg_jax.data import live_source
+from metarppg_jax.data import preprocess
+from metarppg_jax.errors import ConfigError, DataError, MetaRPPGError
+
+META = "meta_rppg"
+MIN_FACE_FRACTION = 0.8     # of a window's frames; fewer: no reading
+ENLARGE = 1.6               # crop side over the detected face's side (faces.face_crops')
+TRACE_S = 5.0               # seconds of signal drawn in --video_out
+LAG_S = 20.0                # how far the model may fall behind a live stream
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What the stream does (the CLI's flags)."""
+  method: str = META
+  window_s: float = 10.0
+  stride_s: float = 1.0
+  hrv_window_s: float = 30.0
+  min_quality: float = 0.4
+  hrv_min_quality: float = 0.7
+  realtime: bool = False
+  seconds: float | None = None
+  queue_s: float = 2.0
+  timeout_s: float = 5.0
+  stall_s: float = 10.0
+  detect_every: int = 10
+
+
+# --------------------------------------------------------------------------------------------
+# The uniform time grid and the buffer of tracked frames on it.
+# --------------------------------------------------------------------------------------------
+
+class Grid:
+  """Incremental nearest-frame resampling onto t_k = k / fps (ties to the earlier frame, as
+  `preprocess.resample_video`). `push(t, item)` returns the items of the grid points that
+  are now decided; `flush()` those up to the last frame."""
+
+  def __init__(self, fps: float):
+    self.fps = fps
+    self.k = 0
+    self._prev: tuple[float, Any] | None = None
+
+  def push(self, t: float, item) -> list[Any]:
+    out = []
+    if self._prev is not None:
+      mid = (self._prev[0] + t) / 2
+      while self.k / self.fps <= mid + 1e-9:
+        out.append(self._prev[1])
+        self.k += 1
+    self._prev = (t, item)
+    return out
+
+  def flush(self) -> list[Any]:
+    out = []
+    if self._prev is not None:
+      while self.k / self.fps <= self._prev[0] + 1e-9:
+        out.append(self._prev[1])
+        self.k += 1
+    return out
+
+
+class Buffer:
+  """The last `capacity` grid samples: crops uint8[n, S, S, 3], face bool[n], arrival f64[n]
+  (the source frame's arrival). `count` samples were appended in all; sample i (0-based since
+  the stream's start) is at time i / fps."""
+
+  def __init__(self, capacity: int, size: int):
+    self.capacity = capacity
+    cap2 = 2 * capacity
+    self.crops = np.zeros((cap2, size, size, 3), np.uint8)
+    self.face = np.zeros(cap2, bool)
+    self.arrival = np.zeros(cap2)
+    self._n = 0          # valid samples in the arrays
+    self.count = 0
+
+  def append(self, crop: np.ndarray, face: bool, arrival: float) -> None:
+    if self._n == self.crops.shape[0]:       # keep the newest `capacity`, amortised
+      keep = slice(self._n - self.capacity, self._n)
+      for a in (self.crops, self.face, self.arrival):
+        a[:self.capacity] = a[keep]
+      self._n = self.capacity
+    self.crops[self._n], self.face[self._n], self.arrival[self._n] = crop, face, arrival
+    self._n += 1
+    self.count += 1
+
+  def last(self, n: int) -> slice:
+    """The newest min(n, held) samples as a slice of the arrays."""
+    n = min(n, self._n, self.capacity)
+    return slice(self._n - n, self._n)
+
+  def span(self, start: int, stop: int) -> slice:
+    """Samples start..stop-1 (stream indices; all must still be held)."""
+    first = self.count - self._n
+    if start < first or stop > self.count:
+      raise IndexError(f"samples {start}..{stop} not held ({first}..{self.count})")
+    return slice(start - first, stop - first)
+
+
+def window_masks(crops: np.ndarray) -> np.ndarray:
+  """Skin masks uint8[n, S, S] of crops uint8[n, S, S, 3] with the colour model learnt from them."""
+  return faces.skin_mask(crops, ellipse=faces.face_ellipse(ENLARGE))
+
+
+# --------------------------------------------------------------------------------------------
+# Signal extractors.
+# --------------------------------------------------------------------------------------------
+
+class Classical:
+  """A method of `baselines.METHODS` on the masked mean colour of the crops."""
+
+  adapted = None
+
+  def __init__(self, method: str, fps: float):
+    if method not in baselines.METHODS:
+      raise ConfigError(f"--method {method!r}: not one of {[META] + sorted(baselines.METHODS)}")
+    self.method, self.fps = method, fps
+
+  def on_sample(self, buf: Buffer) -> None:
+    pass
+
+  def finish(self) -> None:
+    pass
+
+  def signal(self, buf: Buffer, n: int, n_max: int) -> tuple[np.ndarray, slice] | str:
+    """(rPPG f32[m] of the newest min(held, n_max) >= n samples, their slice of `buf`), or
+    why there is none yet."""
+    if buf.count < n:
+      return f"warming up ({buf.count / self.fps:.0f} of {n / self.fps:.0f} s)"
+    s = buf.last(n_max)
+    rgb = preprocess.masked_rgb_means(buf.crops[s], window_masks(buf.crops[s]))
+    return baselines.rppg_signal(self.method, rgb, self.fps), s
+
+
+class MetaRPPG:
+  """Meta-rPPG on the stream's windows (module docstring): adapt once, predict every window."""
+
+  def __init__(self, config, state, *, window_s: float, max_frames: int, background: bool):
+    import jax  # pylint: disable=g-import-not-at-top
+    from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
+    settings = meta.settings(config)
+    self.fps = float(config.data.fps)
+    self.chunk = int(config.data.window)
+    self.fewshots = settings.fewshots
+    self.do_adapt = settings.adapt_at_test
+    self.normalization = config.data.normalization
+    self.mask_frames = max(int(round(window_s * self.fps)), self.chunk)
+    self.adapted = False
+    self._params, self._stats = state.params, state.batch_stats
+    self._theta, self._theta_stats = state.params["theta"], state.batch_stats["theta"]
+    h, _ = state.lstm_state
+    # rule "given" holds one state a sequence: predict that many copies, average them.
+    self._copies = int(h.shape[1]) if settings.lstm_state_rule == "given" else 1
+    lstm0 = meta.initial_lstm_state(config, state.lstm_state, self._copies)
+    head = settings.head
+    self._adapt = jax.jit(lambda p, bs, proto, sup: meta.adapt(config, p, bs, proto, sup))
+    self._predict = jax.jit(lambda theta, stats, phi, x: meta.predict(
+        {"theta": theta, "phi": phi}, {"theta": stats}, x, lstm0, head=head).prob)
+    self._prototype = state.prototype
+    self._support: list[np.ndarray] = []
+    self._consumed = 0                        # grid samples handed to the model
+    self.signal_start = 0                     # grid index of self.values[0]
+    self.values: list[np.ndarray] = []        # per window f32[chunk]
+    self._keep = (max_frames + self.chunk - 1) // self.chunk + 1
+    self._lock = threading.Lock()             # values are appended by the worker thread
+    self._pool = concurrent.futures.ThreadPoolExecutor(1) if background else None
+    self._pending: collections.deque = collections.deque()
+
+  def compile(self) -> float:
+    """Compiles adapt and predict before the stream starts; returns the seconds it took."""
+    import jax  # pylint: disable=g-import-not-at-top
+    start = time.monotonic()
+    x = jax.ShapeDtypeStruct((self._copies, self.chunk, 64, 64, 3), np.float32)
+    self._predict.lower(self._theta, self._theta_stats, self._params["phi"], x).compile()
+    if self.do_adapt:
+      sup = jax.ShapeDtypeStruct((self.fewshots, self.chunk, 64, 64, 3), np.float32)
+      self._adapt.lower(self._params, self._stats, self._prototype, sup).compile()
+    return time.monotonic() - start
+
+  def _run(self, fn: Callable[[], Any]):
+    if self._pool is None:
+      fn()
+    else:
+      self._pending.append(self._pool.submit(fn))
+
+  def _collect(self) -> None:
+    while self._pending and self._pending[0].done():
+      self._pending.popleft().result()       # re-raises a failure of the model call
+
+  def _adapt_now(self, support: np.ndarray) -> None:
+    theta, stats, _ = self._adapt(self._params, self._stats, self._prototype, support)
+    self._theta, self._theta_stats = theta, stats
+    self.adapted = True
+
+  def _predict_now(self, x: np.ndarray) -> None:
+    xs = np.broadcast_to(x[None], (self._copies,) + x.shape)
+    prob = np.asarray(self._predict(self._theta, self._theta_stats, self._params["phi"], xs))
+    level = heart_rate.levels_to_signal(prob).mean(axis=0)     # f32[chunk]
+    with self._lock:
+      self.values.append(level - level.mean())
+      if len(self.values) > self._keep:
+        del self.values[0]
+        self.signal_start += self.chunk
+
+  def on_sample(self, buf: Buffer) -> None:
+    self._collect()
+    if buf.count - self._consumed < self.chunk:
+      return
+    stop = self._consumed + self.chunk
+    s = buf.last(max(self.mask_frames, self.chunk))
+    masks = window_masks(buf.crops[s])[-(buf.count - self._consumed):][:self.chunk]
+    crops = buf.crops[buf.span(self._consumed, stop)]
+    x = preprocess.normalize_clip(crops[None], masks[None], self.normalization)[0]
+    self._consumed = stop
+    if self.do_adapt and len(self._support) < self.fewshots:
+      self._support.append(x)
+      if len(self._support) == self.fewshots:
+        support = np.stack(self._support)
+        self._run(lambda: self._adapt_now(support))
+        for w in self._support:              # the adaptation windows are predicted too
+          self._run(lambda w=w: self._predict_now(w))
+      return
+    if not self.do_adapt:
+      self.adapted = False
+    self._run(lambda: self._predict_now(x))
+
+  def finish(self) -> None:
+    """Waits for the model calls in flight."""
+    while self._pending:
+      self._pending.popleft().result()
+    if self._pool is not None:
+      self._pool.shutdown(wait=True)
+
+  def signal(self, buf: Buffer, n: int, n_max: int) -> tuple[np.ndarray, slice] | str:
+    """As `Classical.signal`; the newest sample is that of the newest predicted window."""
+    self._collect()
+    if self.do_adapt and not self.adapted:
+      need = self.fewshots * self.chunk
+      return (f"adapting (collecting {min(buf.count, need) / self.fps:.0f} of "
+              f"{need / self.fps:.0f} s)" if buf.count < need else "adapting")
+    with self._lock:
+      values, start = list(self.values), self.signal_start
+    have = len(values) * self.chunk
+    if have < n:
+      return f"warming up ({have / self.fps:.0f} of {n / self.fps:.0f} s of signal)"
+    m = min(have, n_max)
+    stop = start + have
+    try:
+      held = buf.span(stop - m, stop)
+    except IndexError:
+      return f"the model is {(buf.count - stop) / self.fps:.0f} s behind the stream"
+    return np.concatenate(values[-(m // self.chunk + 1):])[-m:], held
+
+
+# --------------------------------------------------------------------------------------------
+# Readings.
+# --------------------------------------------------------------------------------------------
+
+def reading(extractor, buf: Buffer, opts: Options, fps: float) -> dict[str, Any]:
+  """The reading at the newest grid sample (module docstring), without latency."""
+  n = int(round(opts.window_s * fps))
+  n_hrv = max(int(round(opts.hrv_window_s * fps)), n)
+  out = {"type": "reading", "t": round((buf.count - 1) / fps, 3), "hr": None, "reason": None,
+         "quality": None, "snr_db": None, "hrv": None, "adapted": extractor.adapted}
+  s_new = buf.last(1)
+  if not buf.face[s_new].all():
+    out["reason"] = "no face in view"
+    return out
+  try:
+    got = extractor.signal(buf, n, n_hrv)
+  except MetaRPPGError as e:
+    got = f"no signal ({e})"
+  if isinstance(got, str):
+    out["reason"] = got
+    return out
+  sig, s = got
+  face = buf.face[s][-n:].mean()
+  if face < MIN_FACE_FRACTION:
+    out["reason"] = f"face seen in only {face:.0%} of the last {opts.window_s:g} s"
+    return out
+  try:
+    hr, snr_db, q = hrv.assess(sig[-n:], fps)
+  except MetaRPPGError as e:
+    out["reason"] = f"no signal ({e})"
+    return out
+  out["quality"] = round(q, 3)
+  out["snr_db"] = round(snr_db, 2) if math.isfinite(snr_db) else None
+  if not math.isfinite(hr) or q < opts.min_quality:
+    out["reason"] = f"signal quality {q:.2f} below {opts.min_quality:g}"
+    return out
+  out["hr"] = round(hr, 2)
+  if buf.face[s].mean() >= MIN_FACE_FRACTION:
+    out["hrv"] = _hrv(sig, buf.crops[s], fps, opts)
+  return out
+
+
+def _hrv(sig: np.ndarray, crops: np.ndarray, fps: float, opts: Options) -> dict | None:
+  hr, _, q = hrv.assess(sig, fps)
+  if q < opts.hrv_min_quality:
+    return None
+  green = preprocess.masked_rgb_means(crops, window_masks(crops))[:, 1]
+  beats = hrv.find_beats(hrv.orient(sig, green, fps), fps, hr)
+  stats = hrv.hrv_time(beats)
+  if stats is None:
+    return None
+  resp = hrv.respiration_rate(beats)
+  return {**{k: round(v, 2) for k, v in stats.items()},
+          "resp_rate_bpm": round(resp, 2) if math.isfinite(resp) else None,
+          "beats": int(beats.size), "span_s": round(sig.size / fps, 2)}
+
+
+# --------------------------------------------------------------------------------------------
+# The annotated video.
+# --------------------------------------------------------------------------------------------
+
+class Overlay:
+  """Writes frames with the face box, the last reading and the signal trace to an MP4."""
+
+  def __init__(self, path: str, fps: float, width: int, height: int):
+    self.width, self.height = width - width % 2, height - height % 2   # yuv420p: even sides
+    try:
+      self._container = av.open(path, mode="w")
+    except (av.FFmpegError, OSError) as e:
+      raise ConfigError(f"--video_out {path}: cannot be written ({e})") from None
+    self._stream = self._container.add_stream(
+        "h264", rate=fractions.Fraction(fps).limit_denominator(1001))
+    self._stream.width, self._stream.height = self.width, self.height
+    self._stream.pix_fmt = "yuv420p"
+    self._stream.options = {"preset": "veryfast"}
+    self._stream.codec_context.time_base = fractions.Fraction(1, 1000)
+    self._last_pts = -1
+    self.frames = 0
+
+  def write(self, image: np.ndarray, t: float, box: np.ndarray, text: str,
+            trace: np.ndarray | None) -> None:
+    img = np.ascontiguousarray(image[:self.height, :self.width])
+    if np.all(np.isfinite(box)):
+      x, y, w, h = (int(round(v)) for v in box)
+      cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), 2)
+    scale = max(self.height / 480, 0.35)
+    cv2.putText(img, text, (8, int(24 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale,
+                (255, 255, 0), max(int(2 * scale), 1), cv2.LINE_AA)
+    if trace is not None and trace.size > 1 and np.ptp(trace) > 0:
+      band = max(self.height // 5, 10)
+      top = self.height - band - 4
+      y = top + (1 - (trace - trace.min()) / np.ptp(trace)) * band
+      x = np.linspace(4, self.width - 5, trace.size)
+      pts = np.stack([x, y], axis=1).round().astype(np.int32)
+      cv2.polylines(img, [pts], False, (255, 64, 64), 1, cv2.LINE_AA)
+    frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+    pts = max(int(round(t * 1000)), self._last_pts + 1)
+    frame.pts, frame.time_base = pts, fractions.Fraction(1, 1000)
+    self._last_pts = pts
+    for packet in self._stream.encode(frame):
+      self._container.mux(packet)
+    self.frames += 1
+
+  def close(self) -> None:
+    for packet in self._stream.encode():
+      self._container.mux(packet)
+    self._container.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The model and the loop.
+# --------------------------------------------------------------------------------------------
+
+def load_model(workdir: str | None, checkpoint: str | None, config_file: str | None):
+  """(config, state) from --workdir / --checkpoint / --config as `predict` restores them, or
+  the packaged pretrained model when none is given."""
+  if not workdir and not checkpoint and not config_file:
+    try:
+      from metarppg_jax import pretrained  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ConfigError(
+          "meta_rppg needs a trained model and no packaged pretrained model is installed: "
+          "pass --workdir DIR (a training workdir) or --checkpoint PATH --config FILE, or "
+          f"choose a classical --method ({', '.join(sorted(baselines.METHODS))})") from None
+    return pretrained.load()
+  from metarppg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import predict  # pylint: disable=g-import-not-at-top
+  config = predict._config(workdir, config_file)  # pylint: disable=protected-access
+  if not workdir and (not checkpoint or checkpoint in ("latest", "best")):
+    raise ConfigError("give --workdir, or --checkpoint PATH with --config")
+  with config.unlocked():
+    config.restore_from = checkpoint or ""
+  restored = checkpoints.restore(config, workdir or ".", checkpoints.target_state(config))
+  return config, restored.state
+
+
+class _Stop(Exception):
+  """SIGTERM, turned into the same clean end as Ctrl-C."""
+
+
+def run(source_spec: str, opts: Options, *, model=None, out_file: str | None = None,
+        video_out: str | None = None, emit: Callable[[str], None] | None = None,
+        slow_s: float = 0.0) -> dict[str, Any]:
+  """Streams SOURCE to readings; returns the summary (also emitted as the last line).
+
+  Args:
+    source_spec: a camera index, a video file or a URL.
+    opts: Options.
+    model: (config, state) for meta_rppg (`load_model`); unused by classical methods.
+    out_file: a JSONL file the lines are appended to as well.
+    video_out: an MP4 path for the annotated stream.
+    emit: where each JSON line goes (default: stdout).
+    slow_s: extra seconds spent on every frame (tests: a deliberately slow consumer).
+
+  Raises:
+    DataError / ConfigError: the source cannot be opened, a bad option (before any line).
+  """
+  emit = emit or (lambda line: print(line, flush=True))
+  sink = open(out_file, "a", encoding="utf-8") if out_file else None
+
+  def put(obj: dict) -> None:
+    line = json.dumps(obj)
+    emit(line)
+    if sink is not None:
+      sink.write(line + "\n")
+      sink.flush()
+
+  for name in ("window_s", "stride_s", "hrv_window_s", "queue_s", "timeout_s", "stall_s"):
+    if not getattr(opts, name) > 0:
+      raise ConfigError(f"--{name}={getattr(opts, name)}: must be > 0")
+  summary: dict[str, Any] = {"type": "summary", "source": source_spec, "method": opts.method,
+                             "frames_read": 0, "frames_processed": 0, "frames_dropped": 0,
+                             "dropped_after_adaptation": 0, "readings": 0,
+                             "readings_with_hr": 0, "processing_fps": None,
+                             "median_latency_s": None, "end": None}
+  extractor = None
+  if opts.method == META:       # compiled before the source is opened: a camera or a
+    config, state = model       # network stream would otherwise wait (or time out)
+    frames = int(math.ceil(max(opts.window_s, opts.hrv_window_s) * float(config.data.fps)))
+    extractor = MetaRPPG(config, state, window_s=opts.window_s, max_frames=frames,
+                         background=opts.realtime or not _is_file(source_spec))
+    summary["compile_s"] = round(extractor.compile(), 2)
+  source = live_source.open_source(source_spec, timeout_s=opts.timeout_s)
+  reader = None
+  overlay = None
+  previous = signal_lib.getsignal(signal_lib.SIGTERM)
+  status = 0
+  try:
+    if extractor is None:
+      extractor = Classical(opts.method, source.fps)
+    fps = extractor.fps
+    tracker = face_track.FaceTracker(detect_every=opts.detect_every, enlarge=ENLARGE)
+    grid = Grid(fps)
+    # Room for the HRV span and for a model that lags the stream by up to LAG_S.
+    capacity = int(math.ceil((max(opts.window_s, opts.hrv_window_s) + LAG_S) * fps))
+    buf = Buffer(capacity, 64)
+    reader = live_source.FrameReader(source, queue_size=int(math.ceil(opts.queue_s * source.fps)),
+                                     realtime=opts.realtime, max_seconds=opts.seconds)
+
+    def on_term(*_):
+      raise _Stop()
+
+    if threading_main():
+      signal_lib.signal(signal_lib.SIGTERM, on_term)
+    latencies: list[float] = []
+    next_reading = opts.stride_s
+    last_text, trace = "", None
+    busy = 0.0
+    dropped_at_adapt = None
+    last_frame_wall = time.monotonic()
+    next_stall_note = 2 * opts.stride_s
+    reader.start()
+    try:
+      while True:
+        item = reader.get(timeout=0.2)
+        if item is None:
+          idle = time.monotonic() - last_frame_wall
+          if idle > opts.stall_s:
+            summary["end"] = f"{source.name}: no frame for {idle:.0f} s (stream stalled)"
+            status = 1
+            break
+          if idle > next_stall_note:       # a live source that stops delivering
+            put({"type": "reading", "t": round(buf.count / fps, 3), "hr": None,
+                 "reason": f"no frame for {idle:.0f} s (stream stalled?)", "quality": None,
+                 "snr_db": None, "hrv": None, "adapted": extractor.adapted,
+                 "latency_s": None})
+            summary["readings"] += 1
+            next_stall_note += opts.stride_s
+          continue
+        next_stall_note = 2 * opts.stride_s
+        if isinstance(item, live_source.End):
+          summary["end"] = item.reason
+          status = 1 if item.error else 0
+          break
+        last_frame_wall = time.monotonic()
+        t0 = time.monotonic()
+        if slow_s:
+          time.sleep(slow_s)
+        tracked = tracker.update(item.image)
+        summary["frames_processed"] += 1
+        for crop, face, arrival in grid.push(item.t, (tracked.crop, tracked.face, item.arrival)):
+          buf.append(crop, face, arrival)
+          extractor.on_sample(buf)
+          if extractor.adapted and dropped_at_adapt is None:   # dropped so far: before it
+            dropped_at_adapt = reader.dropped
+          if (buf.count - 1) / fps + 1e-9 >= next_reading:
+            r = reading(extractor, buf, opts, fps)
+            r["latency_s"] = round(time.monotonic() - float(buf.arrival[buf.last(1)][0]), 4)
+            latencies.append(r["latency_s"])
+            summary["readings"] += 1
+            summary["readings_with_hr"] += r["hr"] is not None
+            put(r)
+            next_reading += opts.stride_s
+            last_text = (f"HR {r['hr']:.0f} bpm  q {r['quality']:.2f}" if r["hr"] is not None
+                         else f"HR --  ({r['reason']})")
+            if video_out:
+              got = extractor.signal(buf, int(round(TRACE_S * fps)), int(round(TRACE_S * fps)))
+              trace = got[0] if not isinstance(got, str) else None
+        if video_out:
+          if overlay is None:
+            overlay = Overlay(video_out, source.fps, item.image.shape[1], item.image.shape[0])
+          overlay.write(item.image, item.t, tracked.box, last_text, trace)
+        busy += time.monotonic() - t0
+    except (KeyboardInterrupt, _Stop):
+      summary["end"] = "interrupted"
+      status = 0
+    except MetaRPPGError as e:
+      summary["end"] = f"error: {e}"
+      status = 1
+    reader.stop()
+    try:
+      extractor.finish()
+    except MetaRPPGError as e:
+      summary["end"] = f"error: {e}"
+      status = 1
+    summary["frames_read"] = reader.read
+    summary["frames_dropped"] = reader.dropped
+    if opts.method == META:
+      summary["dropped_after_adaptation"] = (
+          reader.dropped - dropped_at_adapt if dropped_at_adapt is not None else None)
+    else:
+      summary.pop("dropped_after_adaptation")
+    summary["adapted"] = extractor.adapted
+    summary["video_s"] = round(buf.count / fps, 3)
+    summary["processing_fps"] = (round(summary["frames_processed"] / busy, 1)
+                                 if busy > 0 else None)
+    summary["median_latency_s"] = (round(float(np.median(latencies)), 4) if latencies
+                                   else None)
+    summary["source_fps"] = source.fps
+  except (KeyboardInterrupt, _Stop):
+    summary["end"] = "interrupted"
+    if reader is not None:
+      reader.stop()
+  finally:
+    if threading_main():
+      signal_lib.signal(signal_lib.SIGTERM, previous)
+    if reader is None:
+      source.close()
+    if overlay is not None:
+      overlay.close()
+      summary["video_out"] = video_out
+  put(summary)
+  if sink is not None:
+    sink.close()
+  summary["status"] = status
+  return summary
+
+
+def threading_main() -> bool:
+  return threading.current_thread() is threading.main_thread()
+
+
+def _is_file(spec: str) -> bool:
+  return not spec.strip().isdigit() and "://" not in spec
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m metarppg_jax.stream",
+      description="Live heart rate from a camera index, a video file or a URL.")
+  p.add_argument("source", help="camera index (0), video file, or URL (rtsp://, http://, ...)")
+  p.add_argument("--workdir", help="training workdir (its config.json and checkpoints)")
+  p.add_argument("--checkpoint", help="latest | best | a checkpoint path (with --config)")
+  p.add_argument("--config", help="config file; default WORKDIR/config.json")
+  p.add_argument("--method", default=META,
+                 help=f"{META} (default) or a classical method: "
+                      f"{', '.join(sorted(baselines.METHODS))}")
+  p.add_argument("--realtime", action="store_true",
+                 help="pace a file at its own frame rate, as a camera delivers it")
+  p.add_argument("--seconds", type=float, help="stop after N s of video")
+  p.add_argument("--out", help="also append the JSON lines to this file")
+  p.add_argument("--video_out", help="write the annotated stream to this MP4")
+  p.add_argument("--window_s", type=float, default=10.0, help="HR window (s)")
+  p.add_argument("--stride_s", type=float, default=1.0, help="seconds between readings")
+  p.add_argument("--hrv_window_s", type=float, default=30.0, help="HRV window (s)")
+  p.add_argument("--min_quality", type=float, default=0.4, help="least quality for an HR")
+  p.add_argument("--hrv_min_quality", type=float, default=0.7, help="least quality for HRV")
+  p.add_argument("--timeout_s", type=float, default=5.0,
+                 help="open / read timeout of a network source (s)")
+  p.add_argument("--stall_s", type=float, default=10.0,
+                 help="end the stream after this long without a frame (s)")
+  p.add_argument("--queue_s", type=float, default=2.0,
+                 help="frames held between reader and processing (s of video)")
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  opts = Options(method=args.method, window_s=args.window_s, stride_s=args.stride_s,
+                 hrv_window_s=args.hrv_window_s, min_quality=args.min_quality,
+                 hrv_min_quality=args.hrv_min_quality, realtime=args.realtime,
+                 seconds=args.seconds, queue_s=args.queue_s, timeout_s=args.timeout_s,
+                 stall_s=args.stall_s)
+  try:
+    if opts.method != META and opts.method not in baselines.METHODS:
+      raise ConfigError(f"--method {opts.method!r}: not one of "
+                        f"{[META] + sorted(baselines.METHODS)}")
+    model = (load_model(args.workdir, args.checkpoint, args.config) if opts.method == META
+             else None)
+    summary = run(args.source, opts, model=model, out_file=args.out, video_out=args.video_out)
+  except MetaRPPGError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 0
+  if summary["status"]:
+    print(f"error: {summary['end']}", file=sys.stderr)
+  return summary["status"]
+
+
+if __name__ == "__main__":
+  sys.exit(main())
