@@ -170,7 +170,7 @@ def chrom(rgb, fps: float, *, window_s: float = WINDOW_S,
 
 def pos(rgb, fps: float, *, window_s: float = WINDOW_S,
         band: Sequence[float] = POS_BAND_HZ) -> np.ndarray:
-  """POS (Wang et al. 2017, algorithm 1) with the toolbox's post-filter. f[..., T, 3] -> f32[..., T].
+  """POS (Wang et al. 2017, algorithm 1), the toolbox's post-filter. f[..., T, 3] -> f32[..., T].
 
   For every window of `window_s` seconds (stride one frame) that ends before the last frame:
   Cn = colour / window mean, S1 = G - B, S2 = -2R + G + B, h = S1 + (std S1 / std S2) S2,
@@ -193,14 +193,15 @@ def pos(rgb, fps: float, *, window_s: float = WINDOW_S,
 
 
 def jade(x, *, max_sweeps: int = _MAX_JADE_SWEEPS) -> np.ndarray:
-  """Independent components of real mixtures x f[..., m, T] (each stack on its own): f64[..., m, T].
+  """Independent components of real mixtures x f[..., m, T] (each stack alone): f64[..., m, T].
 
   JADE (Cardoso & Souloumiac 1993) as Poh et al. and the toolbox use it, for as many sources
   as mixtures: whiten by the inverse square root of the covariance; the m eigenmatrices of
   the fourth-order cumulant tensor with the largest |eigenvalue|, scaled by it; Jacobi
   (Givens) rotations that jointly diagonalise them, swept over all pairs until a sweep
-  rotates by no sine above 1 / (100 sqrt T). No random start: the result is a function of x
-  alone. Components have unit variance; their order and signs are the rotations'.
+  rotates by no sine above 1 / (100 sqrt T). The mixtures' means are removed first. No random
+  start: the result is a function of x alone. Components have unit variance; their order and
+  signs are the rotations'.
   """
   x = np.asarray(x, dtype=np.float64)
   x = x - x.mean(axis=-1, keepdims=True)
@@ -263,7 +264,6 @@ def ica(rgb, fps: float, *, band: Sequence[float] = ICA_BAND_HZ) -> np.ndarray:
   1 .. floor((T - 1) / 2)) is band-passed (Butterworth order 3 in `band`, filtfilt).
   """
   x = _check_rgb(rgb, fps)
-  band = heart_rate.check_band(band, fps)
   c = smoothness_detrend(np.swapaxes(x, -1, -2))               # [..., 3, T]
   c = c - c.mean(axis=-1, keepdims=True)
   std = c.std(axis=-1, keepdims=True)
