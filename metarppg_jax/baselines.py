@@ -210,9 +210,9 @@ def jade(x, *, max_sweeps: int = _MAX_JADE_SWEEPS) -> np.ndarray:
   d, e = np.linalg.eigh(cov)
   # A rank-deficient stack (a flat or repeated channel) keeps its null direction at zero.
   d = np.maximum(d, 1e-12 * np.max(d, axis=-1, keepdims=True) + np.finfo(np.float64).tiny)
-  whiten = (e * (1 / np.sqrt(d))[..., None, :]) @ np.swapaxes(e, -1, -2)
   # Sums of elementwise products (not batched matmuls) keep each stack's arithmetic the same
   # whatever else is in the batch.
+  whiten = ((e / np.sqrt(d)[..., None, :])[..., :, None, :] * e[..., None, :, :]).sum(axis=-1)
   y = (whiten[..., :, :, None] * x[..., None, :, :]).sum(axis=-2)       # [..., m, T]
   yy = y[..., :, None, :] * y[..., None, :, :]                            # [..., m, m, T]
   r = yy.mean(axis=-1)
