@@ -76,6 +76,7 @@ MIN_FACE_FRACTION = 0.8     # of a window's frames; fewer: no reading
 ENLARGE = 1.6               # crop side over the detected face's side (faces.face_crops')
 TRACE_S = 5.0               # seconds of signal drawn in --video_out
 LAG_S = 20.0                # how far the model may fall behind a live stream
+MASK_REFERENCE_STEP = 10    # every k-th past crop joins the new ones in the skin colour model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,28 +130,51 @@ class Grid:
 
 
 class Buffer:
-  """The last `capacity` grid samples: crops uint8[n, S, S, 3], face bool[n], arrival f64[n]
-  (the source frame's arrival). `count` samples were appended in all; sample i (0-based since
-  the stream's start) is at time i / fps."""
+  """The last `capacity` grid samples: crops uint8[n, S, S, 3], masks uint8[n, S, S] (skin),
+  rgb f32[n, 3] (masked mean colour), face bool[n], arrival f64[n] (the source frame's
+  arrival). `count` samples were appended in all; sample i (0-based since the stream's start)
+  is at time i / fps.
 
-  def __init__(self, capacity: int, size: int):
-    self.capacity = capacity
+  Masks are made in batches by `mask_new` with `faces.skin_mask`, whose colour model is learnt
+  from the crops it is given: the new crops and every `MASK_REFERENCE_STEP`-th crop of the
+  last `reference` samples, so the skin colour follows the last seconds of the stream without
+  recomputing every held mask at each reading.
+  """
+
+  def __init__(self, capacity: int, size: int, reference: int):
+    self.capacity, self.reference = capacity, reference
     cap2 = 2 * capacity
     self.crops = np.zeros((cap2, size, size, 3), np.uint8)
+    self.masks = np.zeros((cap2, size, size), np.uint8)
+    self.rgb = np.zeros((cap2, 3), np.float32)
     self.face = np.zeros(cap2, bool)
     self.arrival = np.zeros(cap2)
     self._n = 0          # valid samples in the arrays
+    self._masked = 0     # of which the first _masked have masks
     self.count = 0
 
   def append(self, crop: np.ndarray, face: bool, arrival: float) -> None:
     if self._n == self.crops.shape[0]:       # keep the newest `capacity`, amortised
       keep = slice(self._n - self.capacity, self._n)
-      for a in (self.crops, self.face, self.arrival):
+      for a in (self.crops, self.masks, self.rgb, self.face, self.arrival):
         a[:self.capacity] = a[keep]
+      self._masked -= self._n - self.capacity
       self._n = self.capacity
     self.crops[self._n], self.face[self._n], self.arrival[self._n] = crop, face, arrival
     self._n += 1
     self.count += 1
+
+  def mask_new(self) -> None:
+    """Skin masks and masked mean colours of the samples that have none yet."""
+    if self._masked >= self._n:
+      return
+    new = slice(self._masked, self._n)
+    ref = np.arange(max(self._masked - self.reference, 0), self._masked, MASK_REFERENCE_STEP)
+    crops = np.concatenate([self.crops[ref], self.crops[new]])
+    masks = faces.skin_mask(crops, ellipse=faces.face_ellipse(ENLARGE))[len(ref):]
+    self.masks[new] = masks
+    self.rgb[new] = preprocess.masked_rgb_means(self.crops[new], masks)
+    self._masked = self._n
 
   def last(self, n: int) -> slice:
     """The newest min(n, held) samples as a slice of the arrays."""
@@ -163,11 +187,6 @@ class Buffer:
     if start < first or stop > self.count:
       raise IndexError(f"samples {start}..{stop} not held ({first}..{self.count})")
     return slice(start - first, stop - first)
-
-
-def window_masks(crops: np.ndarray) -> np.ndarray:
-  """Skin masks uint8[n, S, S] of crops uint8[n, S, S, 3] with the colour model learnt from them."""
-  return faces.skin_mask(crops, ellipse=faces.face_ellipse(ENLARGE))
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,15 +214,15 @@ class Classical:
     why there is none yet."""
     if buf.count < n:
       return f"warming up ({buf.count / self.fps:.0f} of {n / self.fps:.0f} s)"
+    buf.mask_new()
     s = buf.last(n_max)
-    rgb = preprocess.masked_rgb_means(buf.crops[s], window_masks(buf.crops[s]))
-    return baselines.rppg_signal(self.method, rgb, self.fps), s
+    return baselines.rppg_signal(self.method, buf.rgb[s], self.fps), s
 
 
 class MetaRPPG:
   """Meta-rPPG on the stream's windows (module docstring): adapt once, predict every window."""
 
-  def __init__(self, config, state, *, window_s: float, max_frames: int, background: bool):
+  def __init__(self, config, state, *, max_frames: int, background: bool):
     import jax  # pylint: disable=g-import-not-at-top
     from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
     settings = meta.settings(config)
@@ -212,7 +231,6 @@ class MetaRPPG:
     self.fewshots = settings.fewshots
     self.do_adapt = settings.adapt_at_test
     self.normalization = config.data.normalization
-    self.mask_frames = max(int(round(window_s * self.fps)), self.chunk)
     self.adapted = False
     self._params, self._stats = state.params, state.batch_stats
     self._theta, self._theta_stats = state.params["theta"], state.batch_stats["theta"]
@@ -275,10 +293,9 @@ class MetaRPPG:
     if buf.count - self._consumed < self.chunk:
       return
     stop = self._consumed + self.chunk
-    s = buf.last(max(self.mask_frames, self.chunk))
-    masks = window_masks(buf.crops[s])[-(buf.count - self._consumed):][:self.chunk]
-    crops = buf.crops[buf.span(self._consumed, stop)]
-    x = preprocess.normalize_clip(crops[None], masks[None], self.normalization)[0]
+    buf.mask_new()
+    s = buf.span(self._consumed, stop)
+    x = preprocess.normalize_clip(buf.crops[s][None], buf.masks[s][None], self.normalization)[0]
     self._consumed = stop
     if self.do_adapt and len(self._support) < self.fewshots:
       self._support.append(x)
@@ -358,15 +375,16 @@ def reading(extractor, buf: Buffer, opts: Options, fps: float) -> dict[str, Any]
     return out
   out["hr"] = round(hr, 2)
   if buf.face[s].mean() >= MIN_FACE_FRACTION:
-    out["hrv"] = _hrv(sig, buf.crops[s], fps, opts)
+    buf.mask_new()
+    out["hrv"] = _hrv(sig, buf.rgb[s][:, 1], fps, opts)
   return out
 
 
-def _hrv(sig: np.ndarray, crops: np.ndarray, fps: float, opts: Options) -> dict | None:
+def _hrv(sig: np.ndarray, green: np.ndarray, fps: float, opts: Options) -> dict | None:
+  """HRV of the signal f[n] (`hrv`), oriented by the masked green trace f[n] of its frames."""
   hr, _, q = hrv.assess(sig, fps)
   if q < opts.hrv_min_quality:
     return None
-  green = preprocess.masked_rgb_means(crops, window_masks(crops))[:, 1]
   beats = hrv.find_beats(hrv.orient(sig, green, fps), fps, hr)
   stats = hrv.hrv_time(beats)
   if stats is None:
@@ -460,13 +478,13 @@ class _Stop(Exception):
   """SIGTERM, turned into the same clean end as Ctrl-C."""
 
 
-def run(source_spec: str, opts: Options, *, model=None, out_file: str | None = None,
+def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, out_file: str | None = None,
         video_out: str | None = None, emit: Callable[[str], None] | None = None,
         slow_s: float = 0.0) -> dict[str, Any]:
   """Streams SOURCE to readings; returns the summary (also emitted as the last line).
 
   Args:
-    source_spec: a camera index, a video file or a URL.
+    source_spec: a camera index, a video file or a URL, or an opened `live_source.Source`.
     opts: Options.
     model: (config, state) for meta_rppg (`load_model`); unused by classical methods.
     out_file: a JSONL file the lines are appended to as well.
@@ -490,7 +508,8 @@ def run(source_spec: str, opts: Options, *, model=None, out_file: str | None = N
   for name in ("window_s", "stride_s", "hrv_window_s", "queue_s", "timeout_s", "stall_s"):
     if not getattr(opts, name) > 0:
       raise ConfigError(f"--{name}={getattr(opts, name)}: must be > 0")
-  summary: dict[str, Any] = {"type": "summary", "source": source_spec, "method": opts.method,
+  summary: dict[str, Any] = {"type": "summary", "source": str(getattr(source_spec, "name",
+                                                                       source_spec)), "method": opts.method,
                              "frames_read": 0, "frames_processed": 0, "frames_dropped": 0,
                              "dropped_after_adaptation": 0, "readings": 0,
                              "readings_with_hr": 0, "processing_fps": None,
@@ -499,10 +518,13 @@ def run(source_spec: str, opts: Options, *, model=None, out_file: str | None = N
   if opts.method == META:       # compiled before the source is opened: a camera or a
     config, state = model       # network stream would otherwise wait (or time out)
     frames = int(math.ceil(max(opts.window_s, opts.hrv_window_s) * float(config.data.fps)))
-    extractor = MetaRPPG(config, state, window_s=opts.window_s, max_frames=frames,
+    extractor = MetaRPPG(config, state, max_frames=frames,
                          background=opts.realtime or not _is_file(source_spec))
     summary["compile_s"] = round(extractor.compile(), 2)
-  source = live_source.open_source(source_spec, timeout_s=opts.timeout_s)
+  if isinstance(source_spec, live_source.Source):
+    source = source_spec
+  else:
+    source = live_source.open_source(source_spec, timeout_s=opts.timeout_s)
   reader = None
   overlay = None
   previous = signal_lib.getsignal(signal_lib.SIGTERM)
@@ -515,7 +537,7 @@ def run(source_spec: str, opts: Options, *, model=None, out_file: str | None = N
     grid = Grid(fps)
     # Room for the HRV span and for a model that lags the stream by up to LAG_S.
     capacity = int(math.ceil((max(opts.window_s, opts.hrv_window_s) + LAG_S) * fps))
-    buf = Buffer(capacity, 64)
+    buf = Buffer(capacity, 64, int(round(opts.window_s * fps)))
     reader = live_source.FrameReader(source, queue_size=int(math.ceil(opts.queue_s * source.fps)),
                                      realtime=opts.realtime, max_seconds=opts.seconds)
 
@@ -632,7 +654,9 @@ def threading_main() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
-def _is_file(spec: str) -> bool:
+def _is_file(spec) -> bool:
+  if isinstance(spec, live_source.Source):
+    return not spec.live
   return not spec.strip().isdigit() and "://" not in spec
 
 
