@@ -70,7 +70,7 @@ def test_toolbox_hr_reproduces_the_toolboxs_own_heart_rates(toolbox):
 @pytest.mark.parametrize("method", ["green", "chrom", "pos", "ica", "lgi", "pbv", "omit"])
 def test_method_is_rppg_toolboxs_to_float32_precision(toolbox, method):
   """Sample by sample (all traces in one batch): deviation <= 1e-6 of the toolbox signal's std
-  (measured <= 2.8e-7: float32 output), Pearson r > 1 - 1e-9, the same toolbox heart rate."""
+  (measured <= 2.7e-7: float32 output), Pearson r > 1 - 1e-9, the same toolbox heart rate."""
   ours = np.asarray(baselines.rppg_signal(method, toolbox["rgb"], FPS), np.float64)
   assert ours.shape == toolbox["rgb"].shape[:2]
   for i in range(len(toolbox["video"])):
