@@ -6,7 +6,8 @@ support (unlabelled adaptation), the `queries` after them are what every method 
 
 - "meta_rppg": transductive adaptation on the support, then prediction (`meta.evaluate_videos`);
 - "no_adaptation": the same trained model without adaptation;
-- "green", "chrom", "pos", "ica": the classical methods (`baselines.rppg_signal`) on the masked
+- "green", "chrom", "pos", "ica", "lgi", "pbv", "omit": the classical methods
+  (`baselines.rppg_signal`, as rPPG-Toolbox has them) on the masked
   mean colour of the same query frames.
 
 A model's rPPG signal is its expected ordinal level per frame. Each method's signal over the
