@@ -572,17 +572,19 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
             next_stall_note += opts.stride_s
           continue
         next_stall_note = 2 * opts.stride_s
+        t0 = time.monotonic()
         if isinstance(item, live_source.End):
           summary["end"] = item.reason
           status = 1 if item.error else 0
-          break
-        last_frame_wall = time.monotonic()
-        t0 = time.monotonic()
-        if slow_s:
-          time.sleep(slow_s)
-        tracked = tracker.update(item.image)
-        summary["frames_processed"] += 1
-        for crop, face, arrival in grid.push(item.t, (tracked.crop, tracked.face, item.arrival)):
+          samples = grid.flush()           # the last frame's grid points
+        else:
+          last_frame_wall = t0
+          if slow_s:
+            time.sleep(slow_s)
+          tracked = tracker.update(item.image)
+          summary["frames_processed"] += 1
+          samples = grid.push(item.t, (tracked.crop, tracked.face, item.arrival))
+        for crop, face, arrival in samples:
           buf.append(crop, face, arrival)
           extractor.on_sample(buf)
           if extractor.adapted and dropped_at_adapt is None:   # dropped so far: before it
@@ -600,6 +602,8 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
             if video_out:
               got = extractor.signal(buf, int(round(TRACE_S * fps)), int(round(TRACE_S * fps)))
               trace = got[0] if not isinstance(got, str) else None
+        if isinstance(item, live_source.End):
+          break
         if video_out:
           if overlay is None:
             overlay = Overlay(video_out, source.fps, item.image.shape[1], item.image.shape[0])
