@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
+    "neurokit2>=0.2.13,<0.3",  # beats and HRV of the live stream (hrv.py)
 ]
 
 EXTRAS = {
