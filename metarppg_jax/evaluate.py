@@ -340,6 +340,13 @@ def _notes(config, results: dict, data: EvalData, checkpoint: str | None) -> lis
             f"{METHOD_TITLES[m]} {finite[m]:.2f}" for m in ranked) + " bpm. A ranking of "
         f"point estimates over {len(data.video_ids)} videos, not a verdict: which differences "
         "these videos resolve is in the paired comparisons below the table.")
+  pairs = results.get("meta_rppg", {}).get(split, {}).get("paired", {})
+  picked = [s["b"] for s in pairs.values() if s["role"] == "best_classical"]
+  if picked:
+    notes.append(
+        f"The classical method Meta-rPPG is paired with, {METHOD_TITLES[picked[0]]}, is the one "
+        f"with the lowest per-video MAE on these same {len(data.video_ids)} videos: chosen on "
+        "them, so that comparison leans its way.")
   return notes
 
 

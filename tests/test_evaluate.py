@@ -108,6 +108,7 @@ def test_paired_comparisons_and_report_wording(tmp_path, data_dir):
   assert "Meta-rPPG 2.00" in ranking and "no adaptation 2.00" in ranking
   assert ranking.index("POS 7.50") < ranking.index("CHROM 15.00")
   assert "not a verdict" in text
+  assert "The classical method Meta-rPPG is paired with, POS, is the one with the lowest" in text
 
 
 @pytest.mark.slow
