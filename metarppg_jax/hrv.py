@@ -10,10 +10,16 @@
   (`orient`), band-pass it (Butterworth order 2, zero phase) from 0.5 Hz to 1.8 times the
   heart rate read from its spectrum (keeps the beat-to-beat and respiratory modulation, which
   are sidebands of at most +-0.5 Hz, and drops the dicrotic wave and the harmonics that make
-  a second peak a beat), upsample it 8 times (`scipy.signal.resample_poly`, so a peak is
-  located to ~4 ms at 30 fps instead of a whole 33 ms frame), then NeuroKit2's Elgendi
-  detector (`ppg_findpeaks`) and its Kubios artefact correction (`signal_fixpeaks`:
-  missed, extra and misplaced beats, Lipponen & Tarvainen 2019).
+  a second peak a beat), upsample it 8 times (`scipy.signal.resample_poly`), then NeuroKit2's
+  Elgendi detector (`ppg_findpeaks`) and its Kubios artefact correction (`signal_fixpeaks`:
+  missed, extra and misplaced beats, Lipponen & Tarvainen 2019). Each beat is then placed to
+  a fraction of a frame by template matching (`_refine`): the signal band-passed only from
+  0.5 Hz to 0.45 fps (the beat's whole shape), upsampled 8 times, each beat's +-0.3 periods
+  cross-correlated with the mean beat over +-60 ms, the best lag refined by a parabola. The
+  peak's tip alone, 1..2 samples at 30 fps, moves with the sampling phase and the neighbouring
+  beats by a few ms, which is the size of the synthetic videos' RMSSD (4..15 ms): measured on 5
+  clean 30 s videos through POS, RMSSD errors of 9..26 % from the tips and -1..16 % with the
+  template (the generator's own PPG: 6..25 % and 0..3 %).
 - `hrv_time`: SDNN, RMSSD (ms) and pNN50 (%) of the beat intervals (NeuroKit2 `hrv_time`).
 - `respiration_rate`: breaths a minute from respiratory sinus arrhythmia: the instantaneous
   heart rate at the beats, interpolated to 4 Hz, and its spectral peak in 0.1..0.5 Hz
@@ -38,6 +44,8 @@ BEAT_BAND_HR_MULTIPLE = 1.8   # upper edge of the beat band, in multiples of the
 UPSAMPLE = 8
 RESP_BAND_HZ = (0.1, 0.5)
 RESP_RATE_HZ = 4.0            # resampling rate of the instantaneous heart rate
+TEMPLATE_HALF_PERIODS = 0.3   # a beat's half-width in the template match, in periods
+TEMPLATE_MAX_LAG_S = 0.06     # how far the template match may move a beat
 MIN_BEATS = 5                 # fewer beats give no HRV (4 intervals, 3 successive differences)
 
 
@@ -91,7 +99,40 @@ def find_beats(sig, fps: float, hr_bpm: float) -> np.ndarray:
     peaks = np.asarray(nk.ppg_findpeaks(up, sampling_rate=rate)["PPG_Peaks"], np.int64)
     if peaks.size >= MIN_BEATS:
       _, peaks = nk.signal_fixpeaks(peaks, sampling_rate=rate, method="Kubios")
-  return np.unique(np.asarray(peaks, np.int64)) / rate
+  peaks = np.unique(np.asarray(peaks, np.int64))
+  if peaks.size < MIN_BEATS:
+    return peaks / rate
+  broad = sps.butter(2, [BEAT_BAND_LOW_HZ, 0.45 * fps], btype="bandpass", fs=fps, output="sos")
+  wide = sps.resample_poly(sps.sosfiltfilt(broad, x, padlen=min(15, x.size - 1)), UPSAMPLE, 1)
+  return _refine(wide, peaks, int(TEMPLATE_HALF_PERIODS * 60.0 / hr_bpm * rate),
+                 int(TEMPLATE_MAX_LAG_S * rate)) / rate
+
+
+def _refine(x: np.ndarray, peaks: np.ndarray, half: int, lag: int) -> np.ndarray:
+  """Peak positions f64[B] (samples) of x f[n] moved to the best match with the mean beat.
+
+  peaks i[B]: first guesses; each beat is x[p - half .. p + half], the template their mean;
+  lags up to +-`lag` samples, refined by a parabola through the correlation's maximum. Beats
+  too near the ends to compare keep their first guess.
+  """
+  out = peaks.astype(np.float64)
+  ok = (peaks - half - lag >= 0) & (peaks + half + lag < x.size)
+  if ok.sum() < 2 or half < 1:
+    return out
+  p = peaks[ok]
+  template = np.mean([x[q - half:q + half + 1] for q in p], axis=0)
+  # Correlation of each beat's neighbourhood with the template at every lag: f[B', 2 lag + 1].
+  segments = np.stack([x[q - half - lag:q + half + lag + 1] for q in p])
+  corr = np.lib.stride_tricks.sliding_window_view(segments, 2 * half + 1, axis=1) @ template
+  k = np.argmax(corr, axis=1)
+  inner = (k > 0) & (k < corr.shape[1] - 1)
+  kk = np.clip(k, 1, corr.shape[1] - 2)
+  rows = np.arange(len(p))
+  a, b, c = corr[rows, kk - 1], corr[rows, kk], corr[rows, kk + 1]
+  denom = a - 2 * b + c
+  delta = np.where(inner & (denom < 0), 0.5 * (a - c) / np.where(denom < 0, denom, -1.0), 0.0)
+  out[ok] = p + (k - lag) + np.clip(delta, -0.5, 0.5)
+  return out
 
 
 def hrv_time(beats) -> dict[str, float] | None:
