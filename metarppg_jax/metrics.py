@@ -211,9 +211,10 @@ def paired_comparison(err_a, err_b, *, confidence: float = 0.95, num_resamples: 
   Videos where either error is NaN are left out. The confidence interval is a BCa bootstrap of
   mean(d) (`scipy.stats.bootstrap`, `num_resamples` resamples drawn by
   `np.random.default_rng(seed)`); when every d_i is the same value c the bootstrap is
-  degenerate and the interval is [c, c]; with fewer than 2 videos it is NaN. The p-value is the two-sided Wilcoxon signed-rank test
-  of d (`scipy.stats.wilcoxon`, zero differences dropped); it is 1.0 when every d_i is 0 and
-  NaN with no video.
+  degenerate and the interval is [c, c]; with fewer than 2 videos it is NaN. The p-value is
+  the two-sided Wilcoxon signed-rank test of d (`scipy.stats.wilcoxon`, zero differences
+  dropped); it is 1.0 when every d_i is 0 and NaN with no video. Differences within 1e-9 bpm
+  count as 0 (float rounding of equal errors).
 
   A better method is named only when the interval excludes 0, p < alpha = 1 - confidence and
   there are at least `min_paired_videos(alpha)` videos; the direction is the sign of mean(d).
