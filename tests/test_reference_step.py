@@ -3,6 +3,15 @@
 float32 runs are compared with the float32 files (their adapt/learn stages); the test/final
 stages with the float64 files, from a run with jax_enable_x64 in a subprocess (x64 must not
 leak into other tests). Each configuration compiles the step once.
+
+Two synthetic-gradient steps (fewshots 2) make the float32 comparison a matter of rounding
+luck: a ReLU whose pre-activation lies below float32 resolution flips sign against float64
+and the steps amplify that one flip. Measured on the fewshots-2 inputs: our float32 program
+flips one ReLU of the extractor's second layer (pre-activation 1.2e-8, inputs O(0.1)) on
+Intel AVX-512 CPUs, not on AMD; PyTorch's own float32 flips three others of the same layer.
+The flip moves `learn1/fewloss` by 9e-4 relative (limit 5e-4). So the fewshots-2 float32
+cases allow FS2_FLOAT32_SLACK times the tolerances; the float64 test below checks all six
+cases at 1e-7 relative, with no slack.
 """
 
 import subprocess
@@ -18,6 +27,19 @@ from metarppg_jax.tools import reference_step
 CASES = [("extractor", 1), ("extractor", 2), ("estimator", 1), ("estimator", 2), ("both", 1),
          ("both", 2)]
 X64_TIMEOUT_S = 3600  # six float64 compiles and steps on a shared 2-core CPU
+FS2_FLOAT32_SLACK = 4.0
+
+
+def _shrink_deviation(ours, ref, factor):
+  """`ours` with every float deviation from `ref` divided by `factor` (integers unchanged):
+  the compare rules applied to it check |ours - ref| <= factor x tolerance."""
+  out = dict(ours)
+  for key, r in ref.items():
+    if key in ours and np.asarray(r).dtype.kind == "f" and np.shape(ours[key]) == np.shape(r):
+      r64 = np.asarray(r, np.float64)
+      out[key] = r64 + (np.asarray(ours[key], np.float64) - r64) / factor
+      out[key] = out[key].astype(np.asarray(r).dtype)
+  return out
 
 
 def _run_f32(reference_dir, position, fewshots):
@@ -33,6 +55,8 @@ def test_float32_step_matches(reference_dir, compare, position, fewshots):
   ours = _run_f32(reference_dir, position, fewshots)
   ref = dict(np.load(reference_dir / f"parity_step_{position}_fs{fewshots}.npz"))
   assert set(ref) <= set(ours), sorted(set(ref) - set(ours))
+  if fewshots == 2:
+    ours = _shrink_deviation(ours, ref, FS2_FLOAT32_SLACK)
   assert compare.violations(ours, ref) == []
   assert ours["test/decision"].dtype == np.int64
 
