@@ -86,7 +86,7 @@ class Options:
   window_s: float = 10.0
   stride_s: float = 1.0
   hrv_window_s: float = 30.0
-  min_quality: float = 0.4
+  min_quality: float = 0.25   # SNR -2.5 dB: passed by 5 % of pure-noise windows
   hrv_min_quality: float = 0.7
   realtime: bool = False
   seconds: float | None = None
@@ -683,7 +683,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--window_s", type=float, default=10.0, help="HR window (s)")
   p.add_argument("--stride_s", type=float, default=1.0, help="seconds between readings")
   p.add_argument("--hrv_window_s", type=float, default=30.0, help="HRV window (s)")
-  p.add_argument("--min_quality", type=float, default=0.4, help="least quality for an HR")
+  p.add_argument("--min_quality", type=float, default=0.25, help="least quality for an HR")
   p.add_argument("--hrv_min_quality", type=float, default=0.7, help="least quality for HRV")
   p.add_argument("--timeout_s", type=float, default=5.0,
                  help="open / read timeout of a network source (s)")

@@ -32,9 +32,9 @@ def test_assess_separates_pulse_from_noise():
   t = np.arange(300) / FPS
   hr, snr_db, q = hrv.assess(np.sin(2 * np.pi * 1.2 * t), FPS)
   assert abs(hr - 72.0) < 0.5 and q == 1.0 and snr_db > 10
-  noise = np.random.default_rng(0).standard_normal((20, 300))
+  noise = np.random.default_rng(0).standard_normal((40, 300))
   qs = [hrv.assess(x, FPS)[2] for x in noise]
-  assert max(qs) < 0.4          # the stream's default HR threshold
+  assert np.mean(np.array(qs) >= 0.25) <= 0.15    # the stream's default HR threshold
 
 
 def test_orient_flips_a_signal_that_falls_with_blood_volume():

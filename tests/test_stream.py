@@ -62,7 +62,7 @@ def test_readings_summary_and_annotated_video(tmp_path, clip):
     k = int(round(r["t"] * 30))
     truth = float(np.mean(v.hr[k - 150:k]))
     assert abs(r["hr"] - truth) < 3.0, (r, truth)
-    assert 0.4 <= r["quality"] <= 1.0 and r["latency_s"] >= 0 and r["adapted"] is None
+    assert FAST.min_quality <= r["quality"] <= 1.0 and r["latency_s"] >= 0 and r["adapted"] is None
   hrv_readings = [r["hrv"] for r in with_hr if r["hrv"] is not None]
   assert hrv_readings, "no HRV on a clean video"
   for h in hrv_readings:
