@@ -46,7 +46,7 @@ setuptools.setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["metarppg_jax", "metarppg_jax.*"]),
-    package_data={"metarppg_jax": ["py.typed"]},
+    package_data={"metarppg_jax": ["py.typed", "weights/*"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -1,5 +1,6 @@
 r"""Heart rate from one video file with a trained Meta-rPPG model.
 
+  python -m metarppg_jax.predict VIDEO                        # the packaged pretrained model
   python -m metarppg_jax.predict VIDEO --workdir DIR          # DIR: a training workdir
   python -m metarppg_jax.predict VIDEO --workdir DIR --checkpoint best
   python -m metarppg_jax.predict VIDEO --checkpoint model.pth --config configs/default.py
@@ -11,9 +12,11 @@ the config's frame rate, detects and crops the face (`faces.face_crops`), cuts 2
 reads the heart rate per window (`eval.hr_window_s` every `eval.hr_stride_s`, shorter videos:
 one window) and overall (`heart_rate.hr_estimate`).
 
-Writes to --out (default WORKDIR/predictions/<video name>/): signal.csv (time_s, rppg),
-prediction.json (overall and per-window HR, the signal, what was done), signal.png and
-spectrum.png. Unreadable files, videos without a face and videos too short for one support
+Without --workdir and --checkpoint it uses the pretrained model shipped in the package
+(`pretrained.load`). Writes to --out (default WORKDIR/predictions/<video name>/, or
+./predictions/<video name>/ without a workdir): signal.csv (time_s, rppg), prediction.json
+(overall and per-window HR, the signal, what was done), signal.png and spectrum.png. The last
+line on stdout is one JSON object summarising the prediction (`hr_bpm`: the overall HR). Unreadable files, videos without a face and videos too short for one support
 and one query window end with a message and exit status 1, never a traceback.
 """
 
@@ -37,19 +40,48 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   """The CLI's flags, defined only when run as a program (importing this module must not add
   flags that clash with another program's, e.g. main's --config)."""
-  flags.DEFINE_string("workdir", None, "Training workdir (its config.json and checkpoints).")
+  flags.DEFINE_string("workdir", None, "Training workdir (its config.json and checkpoints); "
+                      "default: the packaged pretrained model.")
   flags.DEFINE_string("checkpoint", None, "latest | best | a checkpoint path (orbax step or "
                       "workdir, or an original .pth/.npz); default: the workdir's latest.")
   flags.DEFINE_string("config", None, "Config file; default: WORKDIR/config.json.")
-  flags.DEFINE_string("out", None, "Output directory; default WORKDIR/predictions/<video>.")
+  flags.DEFINE_string("out", None, "Output directory; default WORKDIR/predictions/<video> "
+                      "(./predictions/<video> without a workdir).")
 
 
-def _config(workdir: str | None, config_file: str | None):
+def model(*, workdir: str | None = None, checkpoint: str | None = None,
+          config_file: str | None = None):
+  """The model a prediction uses: (config, restore), restore() -> (TrainState, where from).
+
+  Neither workdir nor checkpoint: the packaged pretrained model. Otherwise the workdir's
+  checkpoint (`checkpoint`: latest, best or a path; default latest) with the workdir's
+  config.json, or a checkpoint path with `config_file`. Restoring is deferred so that a bad
+  video fails before the model is read.
+  """
+  from metarppg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import pretrained  # pylint: disable=g-import-not-at-top
+  if not workdir and not checkpoint:
+    if config_file:
+      raise ConfigError("--config needs --checkpoint PATH (or give --workdir); without any "
+                        "of them the packaged pretrained model is used with its own config")
+    config, state = pretrained.load()
+    return config, lambda: (state, f"pretrained ({pretrained.WEIGHTS_DIR})")
+  if not workdir and checkpoint in ("latest", "best"):
+    raise ConfigError(f"--checkpoint {checkpoint} needs --workdir")
   if config_file:
-    return configuration.from_file(config_file)
-  if workdir:
-    return configuration.read(workdir)
-  raise ConfigError("give --workdir (a training workdir) or --config (a config file)")
+    config = configuration.from_file(config_file)
+  elif workdir:
+    config = configuration.read(workdir)
+  else:
+    raise ConfigError("--checkpoint PATH needs --config (a config file) or --workdir")
+  with config.unlocked():
+    config.restore_from = checkpoint or ""
+
+  def restore():
+    restored = checkpoints.restore(config, workdir or ".", checkpoints.target_state(config))
+    return restored.state, restored.path
+
+  return config, restore
 
 
 def load_clip(path: str | os.PathLike, config) -> dict:
@@ -161,18 +193,13 @@ def write_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, str]:
 def run(video: str, *, workdir: str | None = None, checkpoint: str | None = None,
         config_file: str | None = None, out: str | None = None) -> dict:
   """Restores the model, predicts, writes the outputs; returns the result and file paths."""
-  from metarppg_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  config = _config(workdir, config_file)
   if not pathlib.Path(video).exists():
     raise DataError(f"{video}: file not found")
-  with config.unlocked():
-    config.restore_from = checkpoint or ""
-  if not workdir and (not checkpoint or checkpoint in ("latest", "best")):
-    raise ConfigError("give --workdir, or --checkpoint PATH with --config")
-  clip = load_clip(video, config)  # bad videos fail here, before the model is loaded
-  restored = checkpoints.restore(config, workdir or ".", checkpoints.target_state(config))
-  result = predict_clip(clip, config, restored.state)
-  result["checkpoint"] = restored.path
+  config, restore = model(workdir=workdir, checkpoint=checkpoint, config_file=config_file)
+  clip = load_clip(video, config)  # bad videos fail here, before the model is restored
+  state, result_source = restore()
+  result = predict_clip(clip, config, state)
+  result["checkpoint"] = result_source
   if out is None:
     base = pathlib.Path(workdir) if workdir else pathlib.Path(".")
     out = base / "predictions" / pathlib.Path(video).stem
@@ -182,7 +209,7 @@ def run(video: str, *, workdir: str | None = None, checkpoint: str | None = None
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m metarppg_jax.predict VIDEO --workdir DIR "
+    raise app.UsageError("usage: python -m metarppg_jax.predict VIDEO [--workdir DIR] "
                          "[--checkpoint PATH] [--config FILE] [--out DIR]")
   try:
     result = run(argv[1], workdir=FLAGS.workdir, checkpoint=FLAGS.checkpoint,
@@ -196,6 +223,10 @@ def main(argv):
     print(f"  {w['start_s']:7.1f} - {w['end_s']:7.1f} s: {w['hr_bpm']:6.1f} bpm")
   print(f"outputs: {result['files']['json']}, {result['files']['csv']}, "
         f"{result['files']['plot']}")
+  summary = {"video": argv[1], "hr_bpm": round(result["hr_bpm"], 2),
+             "windows": len(result["windows"]), "hr_window_s": result["hr_window_s"],
+             "checkpoint": result["checkpoint"], "prediction": result["files"]["json"]}
+  print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -107,3 +107,27 @@ def test_cli_errors_exit_1_without_traceback(tmp_path, config_dir):
     out = _cli([str(path), "--workdir", str(config_dir)])
     assert out.returncode == 1, out.stderr[-2000:]
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_without_workdir_uses_the_packaged_model(tmp_path):
+  """A clean install: no training run, no workdir; outputs under ./predictions/<video>/ and
+  the last stdout line a JSON summary with the overall HR."""
+  path = tmp_path / "face.mp4"
+  truth = _write(path, 8.0)
+  out = subprocess.run([sys.executable, "-m", "metarppg_jax.predict", str(path)], cwd=tmp_path,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                       text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert 42.0 <= summary["hr_bpm"] <= 210.0
+  assert summary["checkpoint"].startswith("pretrained")
+  assert (tmp_path / "predictions" / "face" / "prediction.json").is_file()
+  assert np.isfinite(truth.hr).all()
+
+
+def test_config_without_checkpoint_is_refused(tmp_path):
+  path = tmp_path / "face.mp4"
+  _write(path, 4.0)
+  out = _cli([str(path), "--config", str(REPO / "configs" / "tiny.py")])
+  assert out.returncode == 1 and "--config needs --checkpoint" in out.stderr
+  assert "Traceback" not in out.stderr
