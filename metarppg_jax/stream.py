@@ -69,7 +69,7 @@ from metarppg_jax.data import face_track
 from metarppg_jax.data import faces
 from metarppg_jax.data import live_source
 from metarppg_jax.data import preprocess
-from metarppg_jax.errors import ConfigError, DataError, MetaRPPGError
+from metarppg_jax.errors import CheckpointError, ConfigError, DataError, MetaRPPGError
 
 META = "meta_rppg"
 MIN_FACE_FRACTION = 0.8     # of a window's frames; fewer: no reading
@@ -452,26 +452,27 @@ class Overlay:
 # --------------------------------------------------------------------------------------------
 
 def load_model(workdir: str | None, checkpoint: str | None, config_file: str | None):
-  """(config, state) from --workdir / --checkpoint / --config as `predict` restores them, or
-  the packaged pretrained model when none is given."""
-  if not workdir and not checkpoint and not config_file:
-    try:
-      from metarppg_jax import pretrained  # pylint: disable=g-import-not-at-top
-    except ImportError:
+  """(config, state): the model of --workdir / --checkpoint / --config, or without them the
+  packaged pretrained model (`metarppg_jax.pretrained`), as `predict.model` finds them."""
+  classical = f"or choose a classical --method ({', '.join(sorted(baselines.METHODS))})"
+  try:
+    from metarppg_jax import pretrained  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    if not workdir and not checkpoint:
       raise ConfigError(
           "meta_rppg needs a trained model and no packaged pretrained model is installed: "
-          "pass --workdir DIR (a training workdir) or --checkpoint PATH --config FILE, or "
-          f"choose a classical --method ({', '.join(sorted(baselines.METHODS))})") from None
-    return pretrained.load()
-  from metarppg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+          f"pass --workdir DIR (a training workdir) or --checkpoint PATH --config FILE, "
+          f"{classical}") from None
   from metarppg_jax import predict  # pylint: disable=g-import-not-at-top
-  config = predict._config(workdir, config_file)  # pylint: disable=protected-access
-  if not workdir and (not checkpoint or checkpoint in ("latest", "best")):
-    raise ConfigError("give --workdir, or --checkpoint PATH with --config")
-  with config.unlocked():
-    config.restore_from = checkpoint or ""
-  restored = checkpoints.restore(config, workdir or ".", checkpoints.target_state(config))
-  return config, restored.state
+  try:
+    config, restore = predict.model(workdir=workdir, checkpoint=checkpoint,
+                                    config_file=config_file)
+    state, _ = restore()
+  except CheckpointError as e:
+    if workdir or checkpoint:
+      raise
+    raise CheckpointError(f"{e}; {classical}") from None
+  return config, state
 
 
 class _Stop(Exception):

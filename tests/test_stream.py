@@ -24,7 +24,7 @@ from metarppg_jax.data import live_source
 from metarppg_jax.data import preprocess
 from metarppg_jax.data import synthetic
 from metarppg_jax.data import video as video_lib
-from metarppg_jax.errors import ConfigError, DataError
+from metarppg_jax.errors import CheckpointError, ConfigError, DataError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FAST = stream.Options(method="pos", window_s=5.0, hrv_window_s=8.0)
@@ -188,12 +188,18 @@ def test_bad_options():
 
 
 def test_meta_rppg_without_a_model():
+  """No --workdir / --checkpoint: the packaged model, or a message naming the way out."""
   if importlib.util.find_spec("metarppg_jax.pretrained") is None:
     with pytest.raises(ConfigError, match="pass --workdir DIR"):
       stream.load_model(None, None, None)
-  else:
-    config, state = stream.load_model(None, None, None)
-    assert config.data.window == 60 and state.params
+    return
+  from metarppg_jax import pretrained  # pylint: disable=g-import-not-at-top
+  if not (pretrained.WEIGHTS_DIR / pretrained.MODEL_FILE).is_file():
+    with pytest.raises(CheckpointError, match="--workdir.*or choose a classical --method"):
+      stream.load_model(None, None, None)
+    return
+  config, state = stream.load_model(None, None, None)
+  assert config.data.window == 60 and state.params
 
 
 def test_sigint_ends_with_the_summary(clip):
