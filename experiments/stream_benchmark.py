@@ -96,7 +96,7 @@ def _model(args):
     return stream.load_model(args.workdir, args.checkpoint, args.config), "given"
   try:
     return stream.load_model(None, None, None), "pretrained"
-  except stream.ConfigError:
+  except stream.MetaRPPGError:     # no packaged model (or its weights are missing)
     from metarppg_jax import checkpoints  # pylint: disable=g-import-not-at-top
     from metarppg_jax import configuration  # pylint: disable=g-import-not-at-top
     config = configuration.from_file(REPO / "configs" / "default.py")

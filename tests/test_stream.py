@@ -2,6 +2,8 @@
 annotated MP4, every method (meta_rppg from a tiny checkpoint), bad inputs and Ctrl-C."""
 
 import dataclasses
+import functools
+import http.server
 import importlib.util
 import json
 import os
@@ -152,6 +154,25 @@ def test_grid_picks_the_nearest_frame_as_resample_video():
 # ------------------------------------------------------------------------------------------
 # Bad inputs.
 # ------------------------------------------------------------------------------------------
+
+def test_network_stream_over_http(clip):
+  """A URL source (PyAV/FFmpeg over HTTP) from a server on the loopback address."""
+  directory, name = clip[0].parent, clip[0].name
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+  handler.log_message = lambda *args: None
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    url = f"http://127.0.0.1:{server.server_address[1]}/{name}"
+    # A network source never waits for the consumer: a queue for the whole clip keeps all.
+    lines, summary = _run(url, dataclasses.replace(FAST, seconds=7.0, queue_s=12.0))
+  finally:
+    server.shutdown()
+  assert summary["end"] == "duration reached" and summary["frames_read"] == 210
+  assert summary["frames_dropped"] == 0
+  assert any(r["hr"] is not None for r in lines[:-1])
+
 
 def test_missing_empty_and_unreadable_files(tmp_path):
   with pytest.raises(DataError, match="file not found"):
