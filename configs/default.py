@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.meta.test_in_step = False         # the original's transductive test inside each step
   config.meta.psi_in_prototype_update = False  # the original runs psi there (moves its stats)
   config.meta.mask_invalid_windows = True  # flat-PPG windows (valid=False) out of the loss
-  config.meta.lstm_state_rule = "mean"     # mean | given: estimator's initial (h, c), meta.py
+  config.meta.lstm_state_rule = "mean"     # mean | given: estimator's initial (h, c), inference.py
 
   # --- optimisation ------------------------------------------------------------------------
   config.optim = ml_collections.ConfigDict()

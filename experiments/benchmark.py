@@ -35,7 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarppg_jax import hparams
+from metarppg_jax import inference
 from metarppg_jax import meta
+from metarppg_jax import state as state_lib
 
 ORIGINAL_OUTER_STEP_S = 2.45
 ORIGINAL_EVAL_FRAMES_PER_S = 180 / 0.39
@@ -89,7 +92,7 @@ def step_batch(config, n, size, fewshots):
   batch = {"x": _clips(keys[0], (n, 3, 60, size, size, 3)),
            "targets": jax.random.randint(keys[1], (n, 3, 60), 0, 40),
            "valid": jnp.ones((n, 3), bool)}
-  if meta.settings(config).test_in_step:
+  if config.meta.test_in_step:
     batch["test_x"] = _clips(keys[2], (fewshots + n, 60, size, size, 3))
     batch["test_targets"] = jax.random.randint(keys[1], (fewshots + n, 60), 0, 40)
   return batch
@@ -117,7 +120,7 @@ def bench_matmul(args, out):
 def bench_outer_step(args, out):
   config = _config(args)
   n, s = args.tasks, args.size
-  state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
   batch = step_batch(config, n, s, args.fewshots)
   state = meta.update_prototype(config, state, batch["x"][:, 0])
   step = meta.make_meta_train_step(config)
@@ -134,14 +137,15 @@ def bench_outer_step(args, out):
 def bench_eval(args, out):
   config = _config(args)
   n, s, fs = args.tasks, args.size, args.fewshots
-  state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
   queries = n  # the original's test: fewshots + N windows, queries = the LSTM state's batch
   for name, videos in (("eval", 1), ("eval_batch", args.eval_videos)):
     clips = _clips(jax.random.PRNGKey(2), (videos, fs + queries, 60, s, s, 3))
     t0 = time.perf_counter()
-    jax.block_until_ready(meta.evaluate_videos(config, state, clips))
+    jax.block_until_ready(inference.evaluate_videos(config, state, clips, adapt=True))
     out[f"{name}_compile_s"] = time.perf_counter() - t0
-    times = _timed(lambda: meta.evaluate_videos(config, state, clips), args.repeats)
+    times = _timed(lambda: inference.evaluate_videos(config, state, clips, adapt=True),
+                   args.repeats)
     median = statistics.median(times)
     out[f"{name}_median_s"] = median
     out[f"{name}_spread_s"] = _spread(times)
@@ -169,7 +173,7 @@ def communication_per_step(config, params, devices):
   and, with the synthetic gradient, psi. Batch-norm moments and loss terms add a few KB. A ring
   all-reduce sends 2 (d - 1) / d of the buffer per device.
   """
-  s = meta.settings(config)
+  s = hparams.from_config(config)
   size = {k: _tree_bytes(v) for k, v in params.items()}
   windows = 2 if s.meta_learning else 3
   learn = ("theta", "phi") + (("psi",) if s.meta_learning and s.synthetic_gradient else ())

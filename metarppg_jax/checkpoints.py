@@ -17,7 +17,7 @@ mismatching leaves. A step that cannot be read (a truncated or corrupt file) is 
 the previous good one is used (`restore`, which="latest").
 
 An original release checkpoint (`.pth` / `.npz`) converts into a state through
-`original_checkpoint.load` and `meta.state_from_original` (`load_original`), and into an
+`original_checkpoint.load` and `state.state_from_original` (`load_original`), and into an
 orbax checkpoint evaluate can use with `import_original`.
 """
 
@@ -321,8 +321,8 @@ def restore_path(path: str | os.PathLike, target: PyTree) -> Restored:
 
 def target_state(config) -> PyTree:
   """A freshly initialised TrainState of `config`: what checkpoints are restored onto."""
-  from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
-  return meta.create_train_state(config, jax.random.PRNGKey(config.seed),
+  from metarppg_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  return state_lib.create_train_state(config, jax.random.PRNGKey(config.seed),
                                  num_tasks=config.data.tasks_per_batch)
 
 
@@ -337,7 +337,7 @@ def is_original(path: str | os.PathLike) -> bool:
 def load_original(path: str | os.PathLike, config) -> PyTree:
   """A TrainState from an original `.pth` / `.npz` (parameters, batch statistics, prototype,
   LSTM state; optimizer state fresh, step 0)."""
-  from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   from metarppg_jax import original_checkpoint  # pylint: disable=g-import-not-at-top
   original = original_checkpoint.load(path)
   expected_n = config.data.tasks_per_batch
@@ -346,7 +346,7 @@ def load_original(path: str | os.PathLike, config) -> PyTree:
     raise CheckpointError(
         f"{path}: its LSTM state (h, c) is for N={n} clips but data.tasks_per_batch="
         f"{expected_n}; set --config.data.tasks_per_batch={n}")
-  return meta.state_from_original(config, original)
+  return state_lib.state_from_original(config, original)
 
 
 def import_original(path: str | os.PathLike, config, workdir: str | os.PathLike) -> pathlib.Path:

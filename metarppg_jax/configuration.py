@@ -187,6 +187,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"{mesh.num_processes}")
     if mesh.num_processes > 1 and not mesh.coordinator_address:
       problems.append("mesh.coordinator_address: needed when mesh.num_processes > 1")
+    meta = config.meta
+    if meta.lstm_state_rule != "given":
+      # Both run their estimator calls from (h, c) as stored, one state a task.
+      for name, why in (("carry_lstm_state", "the carried state is per task, as the original's"),
+                        ("test_in_step", "the original's test runs its queries from (h, c) "
+                                         "as stored")):
+        if meta[name]:
+          problems.append(f"meta.{name}=True needs meta.lstm_state_rule='given' ({why})")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
   return config

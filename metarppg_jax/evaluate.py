@@ -4,7 +4,8 @@
 consecutive windows of every video of `data.eval_split`: the first `fewshots` are Meta-rPPG's
 support (unlabelled adaptation), the `queries` after them are what every method is scored on:
 
-- "meta_rppg": transductive adaptation on the support, then prediction (`meta.evaluate_videos`);
+- "meta_rppg": transductive adaptation on the support, then prediction
+  (`inference.evaluate_videos`);
 - "no_adaptation": the same trained model without adaptation;
 - "green", "chrom", "pos", "ica", "lgi", "pbv", "omit": the classical methods
   (`baselines.rppg_signal`, as rPPG-Toolbox has them) on the masked
@@ -51,13 +52,14 @@ from metarppg_jax import baselines
 from metarppg_jax import checkpoints
 from metarppg_jax import configuration
 from metarppg_jax import heart_rate
-from metarppg_jax import meta
+from metarppg_jax import inference
 from metarppg_jax import metrics as metrics_lib
 from metarppg_jax import reports
 from metarppg_jax import sharding
 from metarppg_jax.data import build
 from metarppg_jax.data import input_pipeline
 from metarppg_jax.errors import ConfigError, DataError
+from metarppg_jax.state import TrainState
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -144,11 +146,11 @@ def load_eval_data(config: ml_collections.ConfigDict, source, split: str) -> Eva
 # Signals.
 # --------------------------------------------------------------------------------------------
 
-def model_signal(config: ml_collections.ConfigDict, state: meta.TrainState, x: np.ndarray, *,
+def model_signal(config: ml_collections.ConfigDict, state: TrainState, x: np.ndarray, *,
                  adapt: bool, mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Expected ordinal level per query frame: x f32[V, S + Q, T, H, W, C] -> f32[V, Q T].
 
-  Videos go through `meta.evaluate_videos` VIDEOS_PER_CALL per device at a time, split over
+  Videos go through `inference.evaluate_videos` VIDEOS_PER_CALL per device at a time, split over
   the mesh's devices (`sharding.make_mesh(config)` unless given; each video adapts alone, so
   grouping changes nothing but memory); the last group is padded to keep one compiled shape.
   """
@@ -162,7 +164,7 @@ def model_signal(config: ml_collections.ConfigDict, state: meta.TrainState, x: n
   outs = []
   for i in range(0, xs.shape[0], chunk):
     videos = sharding.shard_host_batch(xs[i:i + chunk], mesh)
-    out = meta.evaluate_videos(config, state, videos, adapt=adapt)
+    out = inference.evaluate_videos(config, state, videos, adapt=adapt)
     outs.append(sharding.to_host(out["expected_level"]))
   level = np.concatenate(outs)[:v]
   return level.reshape(v, -1).astype(np.float32)
@@ -214,7 +216,7 @@ def score(config, sig: np.ndarray, truth: np.ndarray, data: EvalData) -> dict[st
   return out
 
 
-def validation_mae(config: ml_collections.ConfigDict, state: meta.TrainState, source, *,
+def validation_mae(config: ml_collections.ConfigDict, state: TrainState, source, *,
                    mesh: jax.sharding.Mesh | None = None) -> float:
   """Meta-rPPG's per-window MAE (bpm) on a split: what picks the best checkpoint."""
   data = load_eval_data(config, source, "validation")
@@ -226,7 +228,7 @@ def validation_mae(config: ml_collections.ConfigDict, state: meta.TrainState, so
 # Saliency for the heat maps.
 # --------------------------------------------------------------------------------------------
 
-def saliency(config: ml_collections.ConfigDict, state: meta.TrainState, video: np.ndarray, *,
+def saliency(config: ml_collections.ConfigDict, state: TrainState, video: np.ndarray, *,
              adapt: bool) -> np.ndarray:
   """|d (sum of the expected level) / d input| summed over colour: video f32[S + Q', T, H, W, C]
   (support and the query windows to show) -> f32[Q' T, H, W], for the model with or without
@@ -236,14 +238,15 @@ def saliency(config: ml_collections.ConfigDict, state: meta.TrainState, video: n
   params, stats = state.params, state.batch_stats
   theta, theta_stats = params["theta"], stats["theta"]
   if adapt:
-    adapt_fn = jax.jit(functools.partial(meta.adapt, config))
+    adapt_fn = jax.jit(functools.partial(inference.adapt, config))
     theta, theta_stats, _ = adapt_fn(params, stats, state.prototype, video[:s])
   queries = video[s:]
-  lstm0 = meta.initial_lstm_state(config, state.lstm_state, queries.shape[0])
+  lstm0 = inference.initial_lstm_state(config.meta.lstm_state_rule, state.lstm_state,
+                                       queries.shape[0])
 
   def expected_level(q):
-    out = meta.predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats}, q,
-                       lstm0, head=config.model.ordinal_head)
+    out = inference.predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats}, q,
+                            lstm0, head=config.model.ordinal_head)
     return jnp.sum(out.prob)
 
   grad = jax.jit(jax.grad(expected_level))(queries)

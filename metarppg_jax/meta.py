@@ -1,11 +1,5 @@
-"""Meta-rPPG's meta-training step and transductive inference, as pure jitted functions.
+"""Meta-rPPG's outer iteration (one meta-training step) as a pure jitted function.
 
-MODEL_SPEC "One outer iteration" and "Transductive inference" say what is computed; this module
-is that computation on one state pytree. Public API (stable; train.py and evaluate.py use it):
-
-  TrainState                       the whole training state (a pytree, see the class)
-  create_train_state(config, key, *, num_tasks) -> TrainState
-  state_from_original(config, original_state) -> TrainState   (fresh optimizers, epoch 1)
   make_meta_train_step(config, *, trace=False) -> step(state, batch) -> (state, metrics)
       jitted once, the state donated. batch = {"x": f32[N, 3, T, H, W, C],
       "targets": i32[N, 3, T], "valid": bool[N, 3] (optional, all True)} and, with
@@ -15,14 +9,13 @@ is that computation on one state pytree. Public API (stable; train.py and evalua
   update_prototype(config, state, x f32[N, T, H, W, C]) -> TrainState  (the original's
       prototype and LSTM-state update; the trainer calls it once before training, as the
       original does; the step does it at its end on window 0)
-  adapt(config, params, batch_stats, prototype, support f32[S, T, H, W, C])
-      -> (theta', theta_stats', psi_stats')
-  predict(params, batch_stats, query f32[Q, T, H, W, C], lstm_state, *, head, train=True)
-      -> models.EstimatorOutput
-  initial_lstm_state(config, lstm_state, batch) -> (h, c) f32[4, batch, 60]
-  evaluate_videos(config, state, videos f32[V, S + Q, T, H, W, C], *, adapt=None)
-      -> {"prob" f32[V, Q, T, 40], "decision" i32[V, Q, T], "level" i32[V, Q, T],
-          "expected_level" f32[V, Q, T]}   (one jitted call, vmapped over videos)
+
+One outer iteration: on window 0 the adapted nets take `fewshots` synthetic-gradient steps
+(psi's output as their gradient, no labels), as they will at test time; on windows 1 and 2 the
+ordinal (and prototype) loss trains theta and phi at the adapted parameters, and psi learns to
+output that loss's gradient at its input; the prototype and LSTM state then move toward
+window 0's features and final state. The state is `state.TrainState`; transductive inference
+(the test-time inner loop) is `inference`.
 
 Metrics of the step (per-term, stable names): "ordloss", "fewloss", "gradloss", "loss"
 (learning-phase means; fewloss is 0 with `prototype` off, gradloss 0 without the synthetic
@@ -41,208 +34,28 @@ constant); supervised_adapt_step; carry_lstm_state (the original threads (h, c) 
 estimator call of the step); test_in_step (the original's transductive test inside the step:
 it moves psi's batch statistics); psi_in_prototype_update (the original's prototype update runs
 psi too, moving its statistics); mask_invalid_windows (windows with valid=False, e.g. a flat
-PPG, do not count in the ordinal loss); lstm_state_rule "given" | "mean" (below).
-`config.model.ordinal_head` picks the ordinal head.
-
-LSTM initial state of an estimator call: "given" (reference) uses (h, c) as stored, so the
-call's batch must equal the state's N (the original's restriction); "mean" (sound) starts every
-sequence from the mean of the N stored states, broadcast to the call's batch: the stored states
-belong to no particular video (tasks are re-sampled every step), so their mean is the one
-state that is not arbitrary, and any query count works.
-
-Test-time adaptation adapts theta (a copy per video), whatever the training adaptation position,
-as the original does; psi runs in train mode (batch statistics of the single support window).
+PPG, do not count in the ordinal loss); lstm_state_rule "given" | "mean"
+(`inference.initial_lstm_state`). `config.model.ordinal_head` picks the ordinal head.
 """
 
-import dataclasses
 import functools
 from typing import Any, Mapping
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from metarppg_jax import hparams
+from metarppg_jax import inference
 from metarppg_jax import losses
 from metarppg_jax import models
 from metarppg_jax import optim
-from metarppg_jax.errors import ConfigError, DataError
+from metarppg_jax.errors import DataError
+from metarppg_jax.state import TrainState
 
 PyTree = Any
 
-POSITIONS = ("extractor", "estimator", "both")
-INNER_MODES = ("joint", "per_task")
-LSTM_STATE_RULES = ("given", "mean")
 
-
-# --------------------------------------------------------------------------------------------
-# State and settings.
-# --------------------------------------------------------------------------------------------
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a resumed run needs.
-
-  step i32[]: outer iterations done; epoch i32[]: 1-based, drives the cosine schedules;
-  params {theta, phi, psi}; batch_stats {theta, psi}; opt_state {theta, phi, psi, adapt}
-  (`optim.sgd` states; adapt's covers the adapted nets: {"theta"}, {"phi"} or both);
-  prototype f32[120]; lstm_state (h, c) f32[4, N, 60]; rng: a PRNG key (unused by the step,
-  which is deterministic; for the trainer).
-  """
-  step: jax.Array
-  epoch: jax.Array
-  params: PyTree
-  batch_stats: PyTree
-  opt_state: PyTree
-  prototype: jax.Array
-  lstm_state: tuple[jax.Array, jax.Array]
-  rng: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """The config fields this module reads, validated; hashable (a static jit argument)."""
-  position: str
-  fewshots: int
-  inner_mode: str
-  synthetic_gradient: bool
-  prototype: bool
-  meta_learning: bool
-  supervised_adapt_step: bool
-  carry_lstm_state: bool
-  test_in_step: bool
-  psi_in_prototype_update: bool
-  mask_invalid_windows: bool
-  lstm_state_rule: str
-  proto_momentum: float
-  head: str
-  lr: float
-  adapt_lr: float
-  momentum: float
-  weight_decay: float
-  cosine_t_max: int
-  cosine_floor: float
-  adapt_at_test: bool
-
-  @property
-  def adapted_nets(self) -> tuple[str, ...]:
-    return {"extractor": ("theta",), "estimator": ("phi",), "both": ("theta", "phi")}[
-        self.position]
-
-
-def settings(config) -> Settings:
-  """Read and validate the config fields meta.py uses; ConfigError names a bad field."""
-  meta, opt = config.meta, config.optim
-
-  def get(group, name, default):
-    return group.get(name, default) if hasattr(group, "get") else getattr(group, name, default)
-
-  def choice(field, value, allowed):
-    if value not in allowed:
-      raise ConfigError(f"config.{field} = {value!r}: must be one of {list(allowed)}")
-    return value
-
-  fewshots = int(meta.fewshots)
-  if fewshots < 1:
-    raise ConfigError(f"config.meta.fewshots = {meta.fewshots}: must be >= 1")
-  s = Settings(
-      position=choice("meta.adapt_position", meta.adapt_position, POSITIONS),
-      fewshots=fewshots,
-      inner_mode=choice("meta.inner_mode", meta.inner_mode, INNER_MODES),
-      synthetic_gradient=bool(meta.synthetic_gradient),
-      prototype=bool(meta.prototype),
-      meta_learning=bool(meta.meta_learning),
-      supervised_adapt_step=bool(meta.supervised_adapt_step),
-      carry_lstm_state=bool(meta.carry_lstm_state),
-      test_in_step=bool(get(meta, "test_in_step", False)),
-      psi_in_prototype_update=bool(get(meta, "psi_in_prototype_update", False)),
-      mask_invalid_windows=bool(get(meta, "mask_invalid_windows", True)),
-      lstm_state_rule=choice("meta.lstm_state_rule", get(meta, "lstm_state_rule", "mean"),
-                             LSTM_STATE_RULES),
-      proto_momentum=float(meta.proto_momentum),
-      head=choice("model.ordinal_head", config.model.ordinal_head, models.ORDINAL_HEADS),
-      lr=float(opt.lr), adapt_lr=float(opt.adapt_lr), momentum=float(opt.momentum),
-      weight_decay=float(opt.weight_decay), cosine_t_max=int(opt.cosine_t_max),
-      cosine_floor=float(opt.cosine_floor),
-      adapt_at_test=get(config, "method", "meta_rppg") != "no_adaptation")
-  if s.carry_lstm_state and s.lstm_state_rule != "given":
-    raise ConfigError("config.meta.carry_lstm_state = True needs config.meta.lstm_state_rule = "
-                      "'given' (the carried state is per task, as the original's)")
-  if s.test_in_step and s.lstm_state_rule != "given":
-    raise ConfigError("config.meta.test_in_step = True needs config.meta.lstm_state_rule = "
-                      "'given' (the original's test runs its queries from (h, c) as stored)")
-  if not 0.0 <= s.proto_momentum < 1.0:
-    raise ConfigError(f"config.meta.proto_momentum = {s.proto_momentum}: must be in [0, 1)")
-  if s.cosine_t_max < 1:
-    raise ConfigError(f"config.optim.cosine_t_max = {s.cosine_t_max}: must be >= 1")
-  return s
-
-
-def _sgd(s: Settings, lr: float):
-  return optim.sgd(lr, s.momentum, s.weight_decay)
-
-
-def _init_opt_state(s: Settings, params: PyTree) -> PyTree:
-  return {
-      "theta": _sgd(s, s.lr).init(params["theta"]),
-      "phi": _sgd(s, s.lr).init(params["phi"]),
-      "psi": _sgd(s, s.lr).init(params["psi"]),
-      "adapt": _sgd(s, s.adapt_lr).init({k: params[k] for k in s.adapted_nets}),
-  }
-
-
-def create_train_state(config, key: jax.Array, *, num_tasks: int) -> TrainState:
-  """A fresh state: the original's effective init, zero prototype and (h, c) for `num_tasks`."""
-  s = settings(config)
-  dtype = jnp.dtype(config.model.dtype)
-  k_init, k_rng = jax.random.split(key)
-  params, stats = models.init(k_init, dtype)
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), epoch=jnp.ones((), jnp.int32), params=params,
-      batch_stats=stats, opt_state=_init_opt_state(s, params),
-      prototype=jnp.zeros((models.FEATURES,), dtype),
-      # Two distinct buffers: the step donates the state, and a buffer can be donated once.
-      lstm_state=tuple(jnp.array(a) for a in models.zero_lstm_state(num_tasks, dtype)),
-      rng=k_rng)
-
-
-def state_from_original(config, original_state) -> TrainState:
-  """A state from an `original_checkpoint.OriginalState`: its weights, statistics, prototype
-  and (h, c), fresh optimizers, epoch 1, step 0 (the reference parity runs start here)."""
-  s = settings(config)
-  params = jax.tree.map(jnp.asarray, original_state.params)
-  stats = jax.tree.map(jnp.asarray, original_state.batch_stats)
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), epoch=jnp.ones((), jnp.int32), params=params,
-      batch_stats=stats, opt_state=_init_opt_state(s, params),
-      prototype=jnp.asarray(original_state.prototype),
-      lstm_state=tuple(jnp.asarray(a) for a in original_state.lstm_state),
-      rng=jax.random.PRNGKey(int(config.seed)))
-
-
-# --------------------------------------------------------------------------------------------
-# Pieces shared by training and inference.
-# --------------------------------------------------------------------------------------------
-
-def _initial_lstm_state(s: Settings, lstm_state, batch: int):
-  h, c = lstm_state
-  if s.lstm_state_rule == "given":
-    if h.shape[1] != batch:
-      raise DataError(
-          f"{batch} sequences but the stored LSTM state (h, c) is for {h.shape[1]}: with "
-          "config.meta.lstm_state_rule = 'given' (the original's rule) they must be equal")
-    return h, c
-  shape = (h.shape[0], batch, h.shape[2])
-  return (jnp.broadcast_to(h.mean(1, keepdims=True), shape),
-          jnp.broadcast_to(c.mean(1, keepdims=True), shape))
-
-
-def initial_lstm_state(config, lstm_state, batch: int):
-  """The estimator's initial (h, c) f32[4, batch, 60] for `batch` sequences (module doc)."""
-  return _initial_lstm_state(settings(config), lstm_state, batch)
-
-
-def _ordinal(s: Settings, out: models.EstimatorOutput, targets, valid, prob=None):
+def _ordinal(s: hparams.Settings, out: models.EstimatorOutput, targets, valid, prob=None):
   """Ordinal loss of one estimator output; `prob` replaces out.prob (reference head) so that
   its gradient can be taken. Invalid windows are masked out in sound mode."""
   if s.head == "reference":
@@ -260,7 +73,7 @@ def _ordinal(s: Settings, out: models.EstimatorOutput, targets, valid, prob=None
   return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), 1)
 
 
-def _prob_target_grad(s: Settings, prob, targets, valid):
+def _prob_target_grad(s: hparams.Settings, prob, targets, valid):
   """d ordinal / d prob (psi's target at the estimator), from the probability form."""
   def f(p):
     if s.mask_invalid_windows and valid is not None:
@@ -272,144 +85,9 @@ def _prob_target_grad(s: Settings, prob, targets, valid):
   return jax.grad(f)(prob)
 
 
-def _psi_calls(psi, psi_stats, inputs, *, per_task: bool = False):
-  """psi in train mode on each input f32[N, 60, D] in order (each call moves the batch
-  statistics). per_task: batch norm over each task alone (vmapped), statistics averaged."""
-  if per_task:
-    outs, stats = jax.vmap(lambda *xs: _psi_calls(psi, psi_stats, [x[None] for x in xs]))(
-        *inputs)
-    return [o[:, 0] for o in outs], _mean_over_tasks(stats)
-  outs = []
-  for inp in inputs:
-    o, psi_stats = models.synthetic_gradient(psi, psi_stats, jax.lax.stop_gradient(inp),
-                                             train=True)
-    outs.append(o)
-  return outs, psi_stats
 
-
-def _mean_over_tasks(stats):
-  """Per-task batch-norm statistics [N, ...] -> one set: running values averaged (each task
-  moved the same running value, so this is the update with the mean batch statistic)."""
-  return jax.tree.map(lambda a: a.mean(0) if jnp.issubdtype(a.dtype, jnp.floating) else a[0],
-                      stats)
-
-
-def _predict(params, batch_stats, query, lstm_state, *, head, train):
-  z, theta_stats = models.extract(params["theta"], batch_stats["theta"], query, train=train)
-  out, _ = models.estimate(params["phi"], z, lstm_state, head=head)
-  return out, theta_stats
-
-
-def predict(params: PyTree, batch_stats: PyTree, query: jax.Array, lstm_state, *,
-            head: str, train: bool = True) -> models.EstimatorOutput:
-  """Estimator output for query clips f32[Q, T, H, W, C] from initial (h, c) f32[4, Q, 60].
-  train: batch norm over the queries (the original evaluates in train mode)."""
-  return _predict(params, batch_stats, query, lstm_state, head=head, train=train)[0]
-
-
-def _adapt(s: Settings, theta, theta_stats, psi, psi_stats, prototype, support):
-  """The transductive inner loop on support windows f32[S, T, H, W, C], each alone:
-  S synthetic-gradient steps, then S prototype steps, one fresh SGD (its momentum carries
-  from the first kind into the second). -> theta', theta_stats', psi_stats', proto losses [S]."""
-  tx = _sgd(s, s.adapt_lr)
-  opt_state = tx.init(theta)
-
-  def sg_step(carry, x):
-    theta, theta_stats, psi_stats, opt_state = carry
-    z, vjp, theta_stats = jax.vjp(
-        lambda th: models.extract(th, theta_stats, x[None], train=True), theta, has_aux=True)
-    (g_z,), psi_stats = _psi_calls(psi, psi_stats, [z])
-    (g,) = vjp(g_z)
-    theta, opt_state = optim.step(tx, g, opt_state, theta)
-    return (theta, theta_stats, psi_stats, opt_state), None
-
-  def proto_step(carry, x):
-    theta, theta_stats, psi_stats, opt_state = carry
-
-    def loss_fn(th):
-      z, st = models.extract(th, theta_stats, x[None], train=True)
-      return losses.prototype_loss(z, prototype), st
-
-    (loss, theta_stats), g = jax.value_and_grad(loss_fn, has_aux=True)(theta)
-    theta, opt_state = optim.step(tx, g, opt_state, theta)
-    return (theta, theta_stats, psi_stats, opt_state), loss
-
-  carry = (theta, theta_stats, psi_stats, opt_state)
-  # unroll: XLA:CPU runs convolutions inside a while loop ~10x slower (measured: two
-  # extractor gradient steps 34 s scanned vs 2.9 s unrolled); the step counts are small.
-  if s.synthetic_gradient:
-    carry, _ = jax.lax.scan(sg_step, carry, support, unroll=True)
-  if s.prototype:
-    carry, proto_losses = jax.lax.scan(proto_step, carry, support, unroll=True)
-  else:
-    proto_losses = jnp.zeros((support.shape[0],), support.dtype)
-  theta, theta_stats, psi_stats, _ = carry
-  return theta, theta_stats, psi_stats, proto_losses
-
-
-def adapt(config, params: PyTree, batch_stats: PyTree, prototype: jax.Array,
-          support: jax.Array) -> tuple[PyTree, PyTree, PyTree]:
-  """Transductive adaptation of a copy of theta on one video's support windows
-  f32[S, T, H, W, C] (S = the number of steps of each kind). -> (theta', theta_stats',
-  psi_stats'). Pure; jit or vmap it as needed (`evaluate_videos` does both)."""
-  s = settings(config)
-  theta, theta_stats, psi_stats, _ = _adapt(
-      s, params["theta"], batch_stats["theta"], params["psi"], batch_stats["psi"], prototype,
-      support)
-  return theta, theta_stats, psi_stats
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation: every video adapts its own copy, vmapped, one jitted call.
-# --------------------------------------------------------------------------------------------
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _evaluate(s: Settings, do_adapt: bool, params, batch_stats, prototype, lstm_state, videos):
-  num_queries = videos.shape[1] - s.fewshots
-  lstm0 = _initial_lstm_state(s, lstm_state, num_queries)
-
-  def one(video):
-    theta, theta_stats = params["theta"], batch_stats["theta"]
-    if do_adapt:
-      theta, theta_stats, _, _ = _adapt(s, theta, theta_stats, params["psi"],
-                                        batch_stats["psi"], prototype, video[:s.fewshots])
-    out, _ = _predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats},
-                      video[s.fewshots:], lstm0, head=s.head, train=True)
-    return out
-
-  out = jax.vmap(one)(videos)
-  return {"prob": out.prob, "decision": out.decision,
-          "level": losses.decision_to_level(out.decision),
-          "expected_level": jnp.sum(out.prob, axis=-1) - 1}
-
-
-def evaluate_videos(config, state: TrainState, videos: jax.Array, *, adapt: bool | None = None
-                    ) -> dict[str, jax.Array]:
-  """Transductive test of V videos at once: videos f32[V, S + Q, T, H, W, C], the first
-  S = config.meta.fewshots windows of each the support, the rest the queries.
-
-  Each video adapts its own copy of theta (`adapt`; skipped with adapt=False or
-  config.method == "no_adaptation": then the support windows are unused, so every method
-  predicts the same queries) and predicts its queries from the initial LSTM state of
-  `lstm_state_rule`. -> prob f32[V, Q, T, 40], decision i32[V, Q, T] (0..40, a perfect model
-  gives target + 1), level i32[V, Q, T] (decision mapped to target levels 0..39),
-  expected_level f32[V, Q, T] (sum of prob - 1: a continuous signal on the level scale).
-  """
-  s = settings(config)
-  if videos.ndim != 6 or videos.shape[1] <= s.fewshots:
-    raise DataError(f"videos have shape {list(videos.shape)}: expected [V, fewshots + Q, T, H, "
-                    f"W, C] with fewshots = {s.fewshots} and Q >= 1")
-  do_adapt = s.adapt_at_test if adapt is None else bool(adapt)
-  return _evaluate(s, do_adapt, state.params, state.batch_stats, state.prototype,
-                   state.lstm_state, videos)
-
-
-# --------------------------------------------------------------------------------------------
-# Training: the stages of one outer iteration.
-# --------------------------------------------------------------------------------------------
-
-def _lr(s: Settings, base: float, epoch):
-  return optim.cosine_lr(base, epoch, t_max=s.cosine_t_max, floor=s.cosine_floor)
+def _lstm0(s: hparams.Settings, lstm_state, batch: int):
+  return inference.initial_lstm_state(s.lstm_state_rule, lstm_state, batch)
 
 
 def _supervised_step(s, params, stats, opt_theta, prototype, x, t, valid, lstm0):
@@ -423,7 +101,7 @@ def _supervised_step(s, params, stats, opt_theta, prototype, x, t, valid, lstm0)
 
   (_, (theta_stats, final, ordloss, fewloss)), g = jax.value_and_grad(
       loss_fn, has_aux=True)(params["theta"])
-  theta, opt_theta = optim.step(_sgd(s, s.lr), g, opt_theta, params["theta"])
+  theta, opt_theta = optim.step(s.sgd(s.lr), g, opt_theta, params["theta"])
   return theta, theta_stats, opt_theta, final, ordloss, fewloss
 
 
@@ -431,7 +109,7 @@ def _sg_adaptation(s, params, stats, opt_adapt, x, lstm0):
   """`fewshots` synthetic-gradient steps on the adapted nets (shared, in place: the joint
   mode). -> params, stats, opt_adapt, last lstm state, psi's last output."""
   need_estimator = s.position != "extractor" or s.carry_lstm_state
-  tx = _sgd(s, s.adapt_lr)
+  tx = s.sgd(s.adapt_lr)
 
   def step(carry, _):
     params, stats, opt_adapt, lstm, _ = carry
@@ -446,7 +124,7 @@ def _sg_adaptation(s, params, stats, opt_adapt, x, lstm0):
     else:
       lstm_next = lstm
     inputs = {"extractor": [z], "estimator": [prob], "both": [z, prob]}[s.position]
-    outs, psi_stats = _psi_calls(psi, stats["psi"], inputs)
+    outs, psi_stats = inference.psi_calls(psi, stats["psi"], inputs)
     grads = {}
     if "theta" in s.adapted_nets:
       grads["theta"] = vjp_theta(outs[0])[0]
@@ -461,7 +139,7 @@ def _sg_adaptation(s, params, stats, opt_adapt, x, lstm0):
   width = models.FEATURES if s.position == "extractor" else models.NUM_LEVELS
   last = jnp.zeros(x.shape[:2] + (width,), x.dtype)
   carry, _ = jax.lax.scan(step, (params, stats, opt_adapt, lstm0, last), None,
-                          length=s.fewshots, unroll=True)  # convs in loops: see _adapt
+                          length=s.fewshots, unroll=True)  # see inference.adapt_theta
   return carry
 
 
@@ -470,7 +148,7 @@ def _per_task_adaptation(s, params, stats, x, lstm0, adapt_lr):
   parameters (a fresh inner SGD, batch norms over that task alone).
   -> offsets {net: tree [N, ...]} (adapted - shared), stats (averaged over tasks), the carried
   LSTM state, psi's last output f32[N, T, D]."""
-  tx = _sgd(s, s.adapt_lr)
+  tx = s.sgd(s.adapt_lr)
 
   def one(x_i, h_i, c_i):
     opt = _with_lr(tx.init({k: params[k] for k in s.adapted_nets}), adapt_lr)
@@ -481,7 +159,7 @@ def _per_task_adaptation(s, params, stats, x, lstm0, adapt_lr):
 
   offsets, st, h, c, last = jax.vmap(one, in_axes=(0, 1, 1), out_axes=(0, 0, 1, 1, 0))(
       x, *lstm0)
-  return offsets, _mean_over_tasks(st), (h, c), last
+  return offsets, inference.mean_over_tasks(st), (h, c), last
 
 
 def _prob_and_final(s, phi, z, lstm):
@@ -510,7 +188,7 @@ def _forward(s, theta, phi, theta_stats, x, lstm0, offsets, dz):
 
   z, out, h, c, st = jax.vmap(one, in_axes=(0, 0, 1, 1, 0), out_axes=(0, 0, 1, 1, 0))(
       x, jax.lax.stop_gradient(offsets), *lstm0, dz)
-  return z, out, (h, c), _mean_over_tasks(st)
+  return z, out, (h, c), inference.mean_over_tasks(st)
 
 
 def _offset(tree, offset):
@@ -536,7 +214,7 @@ def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, l
   (_, (z, prob, theta_stats, final, ordloss, fewloss)), (g_theta, g_phi, g_z, g_p) = (
       jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3), has_aux=True)(
           params["theta"], params["phi"], zeros_z, zeros_p))
-  tx = _sgd(s, s.lr)
+  tx = s.sgd(s.lr)
   theta, opt_theta = optim.step(tx, g_theta, _with_lr(opt_state["theta"], lr), params["theta"])
   phi, opt_phi = optim.step(tx, g_phi, _with_lr(opt_state["phi"], lr), params["phi"])
   opt_state = dict(opt_state, theta=opt_theta, phi=opt_phi)
@@ -549,7 +227,7 @@ def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, l
              "both": [(prob, g_p), (z, g_z)]}[s.position]
 
     def psi_loss(psi):
-      outs, new_stats = _psi_calls(psi, stats["psi"], [inp for inp, _ in pairs],
+      outs, new_stats = inference.psi_calls(psi, stats["psi"], [inp for inp, _ in pairs],
                                    per_task=offsets is not None)
       total = sum(losses.synthetic_gradient_loss(o, g) for o, (_, g) in zip(outs, pairs))
       return total, new_stats
@@ -571,13 +249,13 @@ def _prototype_update(s, params, stats, prototype, lstm_state, x):
   """The original's update_prototype: estimator from (h, c), mean features and final state
   replace (first update: prototype all zero) or enter a 0.8/0.2 running average."""
   n = x.shape[0]
-  lstm0 = _initial_lstm_state(s, lstm_state, n)
+  lstm0 = _lstm0(s, lstm_state, n)
   z, theta_stats = models.extract(params["theta"], stats["theta"], x, train=True)
   out, (h_new, c_new) = models.estimate(params["phi"], z, lstm0, head=s.head)
   psi_stats = stats["psi"]
   if s.psi_in_prototype_update:
     inputs = {"extractor": [z], "estimator": [out.prob], "both": [z, out.prob]}[s.position]
-    _, psi_stats = _psi_calls(params["psi"], psi_stats, inputs)
+    _, psi_stats = inference.psi_calls(params["psi"], psi_stats, inputs)
   proto_new = jnp.mean(z, axis=(0, 1))
   h, c = lstm_state
   if s.prototype:
@@ -597,13 +275,13 @@ def _prototype_update(s, params, stats, prototype, lstm_state, x):
 
 def update_prototype(config, state: TrainState, x: jax.Array) -> TrainState:
   """The prototype and LSTM-state update on windows f32[N, T, H, W, C] (N = the state's)."""
-  s = settings(config)
+  s = hparams.from_config(config)
   prototype, lstm_state, stats = _prototype_update(s, state.params, state.batch_stats,
                                                    state.prototype, state.lstm_state, x)
   return state.replace(prototype=prototype, lstm_state=lstm_state, batch_stats=stats)
 
 
-def _check_batch(s: Settings, state: TrainState, batch: Mapping[str, jax.Array]):
+def _check_batch(s: hparams.Settings, state: TrainState, batch: Mapping[str, jax.Array]):
   x, t = batch["x"], batch["targets"]
   if x.ndim != 6 or x.shape[1] != 3:
     raise DataError(f"batch 'x' has shape {list(x.shape)}: expected [N, 3, T, H, W, C]")
@@ -622,17 +300,17 @@ def _check_batch(s: Settings, state: TrainState, batch: Mapping[str, jax.Array])
                     f"{state.lstm_state[0].shape[1]}")
 
 
-def _meta_train_step(s: Settings, trace: bool, state: TrainState, batch):
+def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch):
   _check_batch(s, state, batch)
   x, t = batch["x"], batch["targets"]
   valid = batch.get("valid")
   if valid is None:
     valid = jnp.ones(x.shape[:2], bool)
   n = x.shape[0]
-  lr = _lr(s, s.lr, state.epoch).astype(x.dtype)
-  adapt_lr = _lr(s, s.adapt_lr, state.epoch).astype(x.dtype)
+  lr = s.lr_at(s.lr, state.epoch).astype(x.dtype)
+  adapt_lr = s.lr_at(s.adapt_lr, state.epoch).astype(x.dtype)
   params, stats, opt_state = state.params, state.batch_stats, state.opt_state
-  lstm = _initial_lstm_state(s, state.lstm_state, n)
+  lstm = _lstm0(s, state.lstm_state, n)
   metrics, rec = {}, {}
 
   def next_lstm(final, lstm):
@@ -682,7 +360,7 @@ def _meta_train_step(s: Settings, trace: bool, state: TrainState, batch):
   windows = (jnp.moveaxis(x[:, first:], 1, 0), jnp.moveaxis(t[:, first:], 1, 0),
              jnp.moveaxis(valid[:, first:], 1, 0))
   (params, stats, opt_state, lstm), terms = jax.lax.scan(
-      learn, (params, stats, opt_state, lstm), windows, unroll=True)  # see _adapt
+      learn, (params, stats, opt_state, lstm), windows, unroll=True)  # see inference.adapt_theta
   for name, values in terms.items():
     for i, k in enumerate(learn_windows):
       metrics[f"learn{k}/{name}"] = values[i]
@@ -693,15 +371,14 @@ def _meta_train_step(s: Settings, trace: bool, state: TrainState, batch):
   # The original's transductive test inside the step: it moves psi's batch statistics.
   if s.test_in_step:
     test_x, test_t = batch["test_x"], batch["test_targets"]
-    theta, theta_stats, psi_stats, proto_losses = _adapt(
+    theta, theta_stats, psi_stats, proto_losses = inference.adapt_theta(
         s, params["theta"], stats["theta"], params["psi"], stats["psi"], state.prototype,
         test_x[:s.fewshots])
     stats = dict(stats, psi=psi_stats)
     queries = test_x[s.fewshots:]
-    out, theta_stats = _predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats},
-                                queries, _initial_lstm_state(s, state.lstm_state,
-                                                             queries.shape[0]),
-                                head=s.head, train=True)
+    z, theta_stats = models.extract(theta, theta_stats, queries, train=True)
+    out, _ = models.estimate(params["phi"], z, _lstm0(s, state.lstm_state, queries.shape[0]),
+                             head=s.head)
     if s.lstm_state_rule == "given" and s.head == "reference":
       # The original's (misaligned) test loss: query 0 against support window 0's target.
       metrics["test/ordloss"] = losses.ordinal_loss_from_prob(out.prob[:1], test_t[:1],
@@ -737,5 +414,5 @@ def make_meta_train_step(config, *, trace: bool = False):
   """`step(state, batch) -> (state, metrics)`: one outer iteration, jitted once, the state's
   buffers donated (do not use the state passed in afterwards). trace=True adds
   metrics["trace"]: every stage's parameters and statistics (for the reference check)."""
-  s = settings(config)
+  s = hparams.from_config(config)
   return jax.jit(functools.partial(_meta_train_step, s, trace), donate_argnums=0)

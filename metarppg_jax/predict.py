@@ -134,9 +134,9 @@ def predict_clip(clip: dict, config, state) -> dict[str, Any]:
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from metarppg_jax import heart_rate  # pylint: disable=g-import-not-at-top
-  from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
   fps, window, fewshots = clip["fps"], config.data.window, config.meta.fewshots
-  out = meta.evaluate_videos(config, state, jnp.asarray(clip["x"][None]), adapt=True)
+  out = inference.evaluate_videos(config, state, jnp.asarray(clip["x"][None]), adapt=True)
   signal = np.asarray(out["expected_level"][0]).reshape(-1).astype(np.float32)
   offset_s = fewshots * window / fps
   time_s = offset_s + np.arange(signal.size) / fps

@@ -181,7 +181,7 @@ def _is_lstm_state(path) -> bool:
 
 
 def train_state_shardings(state: PyTree, mesh: Mesh) -> PyTree:
-  """NamedShardings for a `meta.TrainState` (or its `jax.eval_shape`): the LSTM state (h, c)
+  """NamedShardings for a `state.TrainState` (or its `jax.eval_shape`): the LSTM state (h, c)
   f32[4, N, 60] on its task axis N when N divides over the mesh, everything else replicated."""
   size = _data_size(mesh)
 
@@ -244,10 +244,10 @@ def shard_host_batch(batch: PyTree, mesh: Mesh) -> PyTree:
 
 
 def create_sharded_train_state(config, key: jax.Array, mesh: Mesh, *, num_tasks: int) -> PyTree:
-  """`meta.create_train_state` run under jit with the state's shardings as outputs: every
+  """`state.create_train_state` run under jit with the state's shardings as outputs: every
   device initialises its own copy (no host round trip, works across processes)."""
-  from metarppg_jax import meta  # pylint: disable=g-import-not-at-top  (meta imports models)
-  create = functools.partial(meta.create_train_state, config, num_tasks=num_tasks)
+  from metarppg_jax import state as state_lib  # pylint: disable=g-import-not-at-top  (models)
+  create = functools.partial(state_lib.create_train_state, config, num_tasks=num_tasks)
   shardings = train_state_shardings(jax.eval_shape(create, key), mesh)
   return jax.jit(create, out_shardings=shardings)(key)
 
@@ -273,18 +273,18 @@ def jit_sharded_step(step_fn: Callable, mesh: Mesh, state: PyTree, batch: PyTree
 
 def jit_sharded_evaluate(config, mesh: Mesh, state: PyTree, *, adapt: Optional[bool] = None
                          ) -> Callable[[PyTree, np.ndarray], dict]:
-  """`meta.evaluate_videos` with the videos split over the mesh.
+  """`inference.evaluate_videos` with the videos split over the mesh.
 
   Returns evaluate(state, videos f32[V, S + Q, T, H, W, C]) -> numpy dict of
-  `meta.evaluate_videos` (V rows). `videos` is a host array, the same in every process; V
+  `inference.evaluate_videos` (V rows). `videos` is a host array, the same in every process; V
   need not divide over the mesh: it is padded with copies of the last video (each video is
   adapted and predicted on its own, so padding changes no other video's result) and the
   padding cut off. Recompiles once per distinct padded shape.
   """
-  from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
   state_sh = train_state_shardings(state, mesh)
   size = _data_size(mesh)
-  run = jax.jit(lambda st, v: meta.evaluate_videos(config, st, v, adapt=adapt),
+  run = jax.jit(lambda st, v: inference.evaluate_videos(config, st, v, adapt=adapt),
                 in_shardings=(state_sh, data_sharded(mesh)), out_shardings=data_sharded(mesh))
 
   def evaluate(state: PyTree, videos: np.ndarray) -> dict:

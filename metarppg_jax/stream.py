@@ -18,8 +18,8 @@ Methods:
   are cut into the model's windows (`data.window` frames at `data.fps`), skin-masked
   (`faces.skin_mask` over the last `--window_s` of crops) and normalised
   (`preprocess.normalize_clip` with `data.normalization`), so the model sees what it was
-  trained on. It adapts once, without labels (`meta.adapt`), on the first `meta.fewshots`
-  windows, then predicts every window (`meta.predict`), the adaptation windows included; each
+  trained on. It adapts once, without labels (`inference.adapt`), on the first `meta.fewshots`
+  windows, then predicts every window (`inference.predict`), the adaptation windows included; each
   window's expected level (`heart_rate.levels_to_signal`) has its mean removed, since the
   levels are scaled per window and the steps between windows would otherwise show in the
   spectrum. On a live source the model runs on a worker thread, so tracking never waits for it
@@ -224,23 +224,23 @@ class MetaRPPG:
 
   def __init__(self, config, state, *, max_frames: int, background: bool):
     import jax  # pylint: disable=g-import-not-at-top
-    from metarppg_jax import meta  # pylint: disable=g-import-not-at-top
-    settings = meta.settings(config)
+    from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
+    rule = config.meta.lstm_state_rule
     self.fps = float(config.data.fps)
     self.chunk = int(config.data.window)
-    self.fewshots = settings.fewshots
-    self.do_adapt = settings.adapt_at_test
+    self.fewshots = int(config.meta.fewshots)
+    self.do_adapt = config.method != "no_adaptation"
     self.normalization = config.data.normalization
     self.adapted = False
     self._params, self._stats = state.params, state.batch_stats
     self._theta, self._theta_stats = state.params["theta"], state.batch_stats["theta"]
     h, _ = state.lstm_state
     # rule "given" holds one state a sequence: predict that many copies, average them.
-    self._copies = int(h.shape[1]) if settings.lstm_state_rule == "given" else 1
-    lstm0 = meta.initial_lstm_state(config, state.lstm_state, self._copies)
-    head = settings.head
-    self._adapt = jax.jit(lambda p, bs, proto, sup: meta.adapt(config, p, bs, proto, sup))
-    self._predict = jax.jit(lambda theta, stats, phi, x: meta.predict(
+    self._copies = int(h.shape[1]) if rule == "given" else 1
+    lstm0 = inference.initial_lstm_state(rule, state.lstm_state, self._copies)
+    head = config.model.ordinal_head
+    self._adapt = jax.jit(lambda p, bs, proto, sup: inference.adapt(config, p, bs, proto, sup))
+    self._predict = jax.jit(lambda theta, stats, phi, x: inference.predict(
         {"theta": theta, "phi": phi}, {"theta": stats}, x, lstm0, head=head).prob)
     self._prototype = state.prototype
     self._support: list[np.ndarray] = []

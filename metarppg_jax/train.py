@@ -39,6 +39,7 @@ from metarppg_jax import checkpoints
 from metarppg_jax import configuration
 from metarppg_jax import evaluate as evaluate_lib
 from metarppg_jax import meta
+from metarppg_jax.state import TrainState
 from metarppg_jax import sharding
 from metarppg_jax.data import input_pipeline
 from metarppg_jax.errors import MetaRPPGError
@@ -132,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-          sources: dict | None = None) -> meta.TrainState:
+          sources: dict | None = None) -> TrainState:
   """The training loop (module docstring); resumes from the workdir's newest good checkpoint.
 
   Returns:

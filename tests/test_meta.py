@@ -8,9 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metarppg_jax import configuration
+from metarppg_jax import hparams
+from metarppg_jax import inference
 from metarppg_jax import losses
 from metarppg_jax import meta
 from metarppg_jax import models
+from metarppg_jax import state as state_lib
 from metarppg_jax.errors import ConfigError, DataError
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -50,14 +54,15 @@ def _pulse_clips(seed, n, windows, size=SIZE):
 
 def test_config_errors_name_the_field():
   with pytest.raises(ConfigError, match="adapt_position"):
-    meta.settings(_config(adapt_position="middle"))
+    configuration.validate(_config(adapt_position="middle"))
   with pytest.raises(ConfigError, match="inner_mode"):
-    meta.settings(_config(inner_mode="sometimes"))
+    configuration.validate(_config(inner_mode="sometimes"))
   with pytest.raises(ConfigError, match="lstm_state_rule"):
-    meta.settings(_config(carry_lstm_state=True))   # the carried state is per task: 'given'
+    # The carried state is per task: 'given'.
+    configuration.validate(_config(carry_lstm_state=True))
   with pytest.raises(ConfigError, match="fewshots"):
-    meta.settings(_config(fewshots=0))
-  s = meta.settings(_config("reference"))
+    configuration.validate(_config(fewshots=0))
+  s = hparams.from_config(_config("reference"))
   assert (s.head, s.supervised_adapt_step, s.carry_lstm_state, s.test_in_step) == (
       "reference", True, True, True)
 
@@ -69,13 +74,13 @@ def test_invalid_windows_do_not_count_in_the_ordinal_loss():
   prob, decision = models.ordinal_layer(fc_out)
   out = models.EstimatorOutput(fc_out, fc_out, prob, decision)
   valid = jnp.array([True, False, True])
-  s = meta.settings(_config())
+  s = hparams.from_config(_config())
   masked = meta._ordinal(s, out, targets, valid)  # pylint: disable=protected-access
   kept = losses.ordinal_loss(fc_out[jnp.array([0, 2])], targets[jnp.array([0, 2])])
   np.testing.assert_allclose(masked, kept, rtol=1e-6)
   garbage = targets.at[1].set(39 - targets[1])
   np.testing.assert_allclose(meta._ordinal(s, out, garbage, valid), masked, rtol=1e-6)  # pylint: disable=protected-access
-  s_ref = meta.settings(_config("reference"))  # the reference ignores the mask
+  s_ref = hparams.from_config(_config("reference"))  # the reference ignores the mask
   out_ref = out._replace(prob=models.ordinal_layer(fc_out, "reference")[0])
   np.testing.assert_allclose(meta._ordinal(s_ref, out_ref, targets, valid),  # pylint: disable=protected-access
                              losses.ordinal_loss(fc_out, targets, "reference"), rtol=1e-6)
@@ -87,23 +92,23 @@ def test_vmapped_evaluation_equals_each_video_alone():
   with jax.enable_x64(True):
     config = _config(fewshots=2)
     config.model.dtype = "float64"
-    state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=3)
+    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_tasks=3)
     clips, _ = _pulse_clips(1, 2, 3)  # 2 videos, 2 support + 1 query window each
     clips = jnp.asarray(clips, jnp.float64)
     # A non-zero prototype and LSTM state, so that every part of the adaptation acts.
     state = state.replace(
         prototype=jnp.linspace(-0.5, 0.5, models.FEATURES),
         lstm_state=(0.1 * jnp.ones((4, 3, 60)), -0.1 * jnp.ones((4, 3, 60))))
-    out = meta.evaluate_videos(config, state, clips)
+    out = inference.evaluate_videos(config, state, clips, adapt=True)
     assert out["prob"].shape == (2, 1, 60, 40) and out["decision"].dtype == jnp.int32
 
-    adapt = jax.jit(lambda support: meta.adapt(config, state.params, state.batch_stats,
-                                               state.prototype, support))
-    lstm0 = meta.initial_lstm_state(config, state.lstm_state, 1)
-    predict = jax.jit(lambda theta, theta_stats, query: meta.predict(
+    adapt = jax.jit(lambda support: inference.adapt(config, state.params, state.batch_stats,
+                                                    state.prototype, support))
+    lstm0 = inference.initial_lstm_state(config.meta.lstm_state_rule, state.lstm_state, 1)
+    predict = jax.jit(lambda theta, theta_stats, query: inference.predict(
         {"theta": theta, "phi": state.params["phi"]}, {"theta": theta_stats}, query, lstm0,
         head=config.model.ordinal_head))
-    plain = meta.evaluate_videos(config, state, clips, adapt=False)
+    plain = inference.evaluate_videos(config, state, clips, adapt=False)
     for v in range(2):
       theta, theta_stats, _ = adapt(clips[v, :2])
       alone = predict(theta, theta_stats, clips[v, 2:])
@@ -113,13 +118,13 @@ def test_vmapped_evaluation_equals_each_video_alone():
       assert not np.allclose(theta["conv1"]["kernel"], state.params["theta"]["conv1"]["kernel"])
       assert np.abs(plain["prob"][v] - out["prob"][v]).max() > 1e-6
     with pytest.raises(DataError, match="fewshots"):
-      meta.evaluate_videos(config, state, clips[:, :2])
+      inference.evaluate_videos(config, state, clips[:, :2], adapt=True)
 
 
 @pytest.mark.parametrize("inner_mode", ["joint", pytest.param("per_task", marks=pytest.mark.slow)])
 def test_meta_training_lowers_the_ordinal_loss(inner_mode):
   config = _config(inner_mode=inner_mode, supervised_adapt_step=True)
-  state = meta.create_train_state(config, jax.random.PRNGKey(0), num_tasks=2)
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_tasks=2)
   clips, levels = _pulse_clips(2, 2, 3)
   state = meta.update_prototype(config, state, jnp.asarray(clips[:, 0]))
   assert float(jnp.abs(state.prototype).sum()) > 0

@@ -14,6 +14,7 @@ import pytest
 from metarppg_jax import configuration
 from metarppg_jax import losses
 from metarppg_jax import meta
+from metarppg_jax import state as state_lib
 from metarppg_jax import models
 from metarppg_jax.data import faces
 from metarppg_jax.data import input_pipeline
@@ -80,7 +81,7 @@ def test_degenerate_clips_stay_finite(head, clip):
   assert np.isfinite(float(loss))
   # ... and one whole outer step (adaptation, learning, prototype update).
   config = _config(head)
-  state = meta.create_train_state(config, jax.random.PRNGKey(1), num_tasks=2)
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(1), num_tasks=2)
   new_state, metrics = _step(head)(state, batch)
   bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(float(v))}
   assert not bad, f"{clip} clip, {head} head: non-finite {bad}"
@@ -105,7 +106,7 @@ def test_flat_ppg_batch_trains_finite(head):
   """Every window flat (a sensor that fell off): nothing to learn from, but no NaN either."""
   batch = _batch(131, head, flat_ppg=True)
   assert not np.asarray(batch["valid"]).any()
-  state = meta.create_train_state(_config(head), jax.random.PRNGKey(2), num_tasks=2)
+  state = state_lib.create_train_state(_config(head), jax.random.PRNGKey(2), num_tasks=2)
   new_state, metrics = _step(head)(state, batch)
   assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
   assert _finite_tree(new_state)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarppg_jax import meta
+from metarppg_jax import state as state_lib
 from metarppg_jax import original_checkpoint
 from metarppg_jax.errors import DataError
 
@@ -107,7 +108,7 @@ def run_reference_step(original: original_checkpoint.OriginalState, inputs: Mapp
     raise DataError(f"'x_test' holds {inputs['x_test'].shape[0]} windows: expected fewshots "
                     f"+ N = {fewshots + n} (the queries run from the checkpoint's (h, c))")
   dtype = np.asarray(original.prototype).dtype
-  state = meta.state_from_original(config, original)
+  state = state_lib.state_from_original(config, original)
   batch = {
       "x": jnp.stack([inputs["x"], inputs["x_step1"], inputs["x_step2"]], axis=1),
       "targets": jnp.stack([inputs["targets"], inputs["t_step1"], inputs["t_step2"]], axis=1),
