@@ -369,7 +369,7 @@ class RppgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                       f"{sorted({i for i in ids if ids.count(i) > 1})}")
     split_of = self._assign_splits(items)
     self._scratch = tempfile.mkdtemp(prefix=f"{self.name}_")
-    kept = {s: [] for s in SPLITS}
+    kept = {s: [] for s in dict.fromkeys(SPLITS + tuple(split_of.values()))}  # extra splits last
     skipped = []
     progress = tqdm.tqdm(self._examples(items), total=len(items), desc=f"{self.name}: videos",
                          unit="video")

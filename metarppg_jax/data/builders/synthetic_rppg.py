@@ -7,7 +7,9 @@ from the "source" domain, test from the "shifted" domain (what transductive adap
 adapt to); seeds are disjoint across splits.
 
 Configs: `tiny` (tests: seconds to build), `small` (the default training run on a 2-core
-CPU: 12 train + 2 validation videos of 20 s, 6 test videos of 20 s), `full`.
+CPU: 12 train + 2 validation videos of 20 s, 6 test videos of 20 s, 4 validation_shifted),
+`full`. validation_shifted holds labelled videos of the test domain (seeds disjoint from test)
+for choosing the adaptation's hyperparameters.
 """
 
 import concurrent.futures
@@ -21,14 +23,18 @@ from metarppg_jax.data import synthetic
 from metarppg_jax.data.builders import base
 
 # First seed of each split, far apart so that splits never share a video.
-SPLIT_SEEDS = {"train": 0, "validation": 100_000, "test": 200_000}
-SPLIT_DOMAINS = {"train": "source", "validation": "source", "test": "shifted"}
+# validation_shifted: labelled videos of the test domain, disjoint from test, on which the
+# adaptation's hyperparameters are chosen (the test split is never used for that).
+SPLIT_SEEDS = {"train": 0, "validation": 100_000, "test": 200_000,
+               "validation_shifted": 300_000}
+SPLIT_DOMAINS = {"train": "source", "validation": "source", "test": "shifted",
+                 "validation_shifted": "shifted"}
 
 
 @dataclasses.dataclass
 class SyntheticConfig(base.RppgConfig):
   """num_videos: {split: count}; seconds: duration of each; frame_size: generated (H, W)."""
-  num_videos: tuple = (("train", 12), ("validation", 2), ("test", 6))
+  num_videos: tuple = (("train", 12), ("validation", 2), ("test", 6), ("validation_shifted", 4))
   seconds: float = 20.0
   frame_size: tuple = (128, 128)
 
@@ -43,7 +49,7 @@ class SyntheticRppg(base.RppgBuilder):
       SyntheticConfig(name="tiny", num_videos=(("train", 3), ("validation", 1), ("test", 2)),
                       seconds=7.0, description="3/1/2 videos of 7 s (tests)"),
       SyntheticConfig(name="full", num_videos=(("train", 60), ("validation", 10),
-                                               ("test", 30)),
+                                               ("test", 30), ("validation_shifted", 10)),
                       seconds=60.0, description="60/10/30 videos of 60 s"),
   ]
 
