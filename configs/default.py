@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.meta.psi_in_prototype_update = False  # the original runs psi there (moves its stats)
   config.meta.mask_invalid_windows = True  # flat-PPG windows (valid=False) out of the loss
   config.meta.lstm_state_rule = "mean"     # mean | given: estimator's initial (h, c), inference.py
+  # What psi learns to output: "support" the loss gradient at the adaptation window's features
+  # before adaptation (where the inner step applies it, in training and at test time);
+  # "learning" (the original) the gradient at the learning windows after adaptation.
+  config.meta.psi_target = "support"
 
   # --- optimisation ------------------------------------------------------------------------
   config.optim = ml_collections.ConfigDict()

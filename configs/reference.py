@@ -26,6 +26,7 @@ def get_config():
       "meta.mask_invalid_windows": False,
       "meta.lstm_state_rule": "given",
       "meta.proto_momentum": 0.8,
+      "meta.psi_target": "learning",
       "optim.lr": 1e-3,
       "optim.adapt_lr": 1e-5,
       "optim.momentum": 0.9,

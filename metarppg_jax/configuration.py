@@ -95,6 +95,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "meta.mask_invalid_windows": (bool, _any),
     "meta.lstm_state_rule": (str, _one_of("mean", "given")),
     "meta.proto_momentum": (float, _range(0, 1, hi_open=True)),
+    "meta.psi_target": (str, _one_of("learning", "support")),
     # optimisation
     "optim.lr": (float, _POSITIVE),
     "optim.adapt_lr": (float, _NON_NEGATIVE),

@@ -13,14 +13,16 @@
 One outer iteration: on window 0 the adapted nets take `fewshots` synthetic-gradient steps
 (psi's output as their gradient, no labels), as they will at test time; on windows 1 and 2 the
 ordinal (and prototype) loss trains theta and phi at the adapted parameters, and psi learns to
-output that loss's gradient at its input; the prototype and LSTM state then move toward
+output the loss's gradient at its input (`meta.psi_target`: on window 0 before the adaptation
+steps, where they apply it, or on windows 1 and 2 after them as the original does); the prototype and LSTM state then move toward
 window 0's features and final state. The state is `state.TrainState`; transductive inference
 (the test-time inner loop) is `inference`.
 
 Metrics of the step (per-term, stable names): "ordloss", "fewloss", "gradloss", "loss"
 (learning-phase means; fewloss is 0 with `prototype` off, gradloss 0 without the synthetic
 gradient), "learn1/ordloss", "learn1/fewloss", "learn1/gradloss", "learn2/..." (each computed
-before its step), "adapt/ordloss", "adapt/fewloss" (only with `supervised_adapt_step`),
+before its step), "adapt/ordloss", "adapt/fewloss" (only with `supervised_adapt_step`), "adapt/gradloss"
+(psi_target "support": psi's loss on the adaptation window, then also "gradloss"),
 "test/ordloss" (only with `test_in_step`), "lr", "adapt_lr".
 
 Config switches (`config.meta`): adapt_position extractor|estimator|both; fewshots;
@@ -195,6 +197,49 @@ def _offset(tree, offset):
   return tree if offset is None else jax.tree.map(jnp.add, tree, offset)
 
 
+def _loss_gradients(s, phi, z, prototype, t, valid, lstm0):
+  """d (ordinal + prototype loss) / d z and d ordinal / d prob at features z f32[N, T, 120]
+  (held constant): what psi learns to output at the extractor and at the estimator."""
+  def loss_fn(z, dprob):
+    out, _ = models.estimate(phi, z, lstm0, head=s.head)
+    prob = out.prob + dprob
+    fewloss = losses.prototype_loss(z, prototype) if s.prototype else jnp.zeros((), z.dtype)
+    return _ordinal(s, out, t, valid, prob=prob) + fewloss, prob
+
+  zeros_p = jnp.zeros(z.shape[:2] + (models.NUM_LEVELS,), z.dtype)
+  (_, prob), (g_z, g_p) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+      z, zeros_p)
+  if s.head != "reference":
+    g_p = _prob_target_grad(s, prob, t, valid)
+  return {"extractor": [(z, g_z)], "estimator": [(prob, g_p)],
+          "both": [(prob, g_p), (z, g_z)]}[s.position]
+
+
+def _train_psi(s, params, stats, opt_state, pairs, lr, per_task=False):
+  """One Grad step: psi's outputs at the inputs of `pairs` [(input, target gradient)] toward
+  the targets (MSE). -> psi, psi statistics, opt_state, gradloss."""
+  def psi_loss(psi):
+    outs, new_stats = inference.psi_calls(psi, stats["psi"], [inp for inp, _ in pairs],
+                                          per_task=per_task)
+    total = sum(losses.synthetic_gradient_loss(o, g) for o, (_, g) in zip(outs, pairs))
+    return total, new_stats
+
+  (gradloss, psi_stats), g_psi = jax.value_and_grad(psi_loss, has_aux=True)(params["psi"])
+  psi, opt_psi = optim.step(s.sgd(s.lr), g_psi, _with_lr(opt_state["psi"], lr), params["psi"])
+  return psi, psi_stats, dict(opt_state, psi=opt_psi), gradloss
+
+
+def _psi_support_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, lr):
+  """psi_target "support": psi learns the loss gradient at the adaptation window's features
+  at the parameters the inner step starts from: the point where that step applies psi's
+  output, in training and in the transductive test. The features' batch statistics are not
+  kept (the adaptation step that follows computes the same ones)."""
+  z, _ = models.extract(params["theta"], stats["theta"], x, train=True)
+  pairs = _loss_gradients(s, params["phi"], z, prototype, t, valid, lstm0)
+  psi, psi_stats, opt_state, gradloss = _train_psi(s, params, stats, opt_state, pairs, lr)
+  return dict(params, psi=psi), dict(stats, psi=psi_stats), opt_state, gradloss
+
+
 def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, lr, train_psi,
                    offsets=None):
   """One learning step: loss = ordinal + prototype at the current parameters (per_task: each
@@ -225,16 +270,8 @@ def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, l
       g_p = _prob_target_grad(s, prob, t, valid)
     pairs = {"extractor": [(z, g_z)], "estimator": [(prob, g_p)],
              "both": [(prob, g_p), (z, g_z)]}[s.position]
-
-    def psi_loss(psi):
-      outs, new_stats = inference.psi_calls(psi, stats["psi"], [inp for inp, _ in pairs],
-                                   per_task=offsets is not None)
-      total = sum(losses.synthetic_gradient_loss(o, g) for o, (_, g) in zip(outs, pairs))
-      return total, new_stats
-
-    (gradloss, psi_stats), g_psi = jax.value_and_grad(psi_loss, has_aux=True)(psi)
-    psi, opt_psi = optim.step(tx, g_psi, _with_lr(opt_state["psi"], lr), psi)
-    opt_state = dict(opt_state, psi=opt_psi)
+    psi, psi_stats, opt_state, gradloss = _train_psi(s, params, stats, opt_state, pairs, lr,
+                                                     per_task=offsets is not None)
   params = {"theta": theta, "phi": phi, "psi": psi}
   stats = {"theta": theta_stats, "psi": psi_stats}
   return params, stats, opt_state, final, {"ordloss": ordloss, "fewloss": fewloss,
@@ -329,6 +366,9 @@ def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch)
       lstm = next_lstm(final, lstm)
       metrics.update({"adapt/ordloss": ordloss, "adapt/fewloss": fewloss})
       rec["adapt/sup/params"] = params
+    if s.synthetic_gradient and s.psi_target == "support":
+      params, stats, opt_state, metrics["adapt/gradloss"] = _psi_support_step(
+          s, params, stats, opt_state, state.prototype, x0, t0, v0, lstm, lr)
     if s.synthetic_gradient and s.inner_mode == "joint":
       params, stats, opt_adapt, lstm, last = _sg_adaptation(
           s, params, stats, _with_lr(opt_state["adapt"], adapt_lr), x0, lstm)
@@ -352,7 +392,8 @@ def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch)
     xk, tk, vk = window
     params, stats, opt_state, final, terms = _learning_step(
         s, params, stats, opt_state, state.prototype, xk, tk, vk, lstm, lr,
-        train_psi=s.meta_learning and s.synthetic_gradient, offsets=offsets)
+        train_psi=s.meta_learning and s.synthetic_gradient and s.psi_target == "learning",
+        offsets=offsets)
     return (params, stats, opt_state, next_lstm(final, lstm)), terms
 
   # One scan over the windows (unrolled: XLA:CPU convolutions are slow inside loops).
@@ -365,6 +406,8 @@ def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch)
     for i, k in enumerate(learn_windows):
       metrics[f"learn{k}/{name}"] = values[i]
     metrics[name] = jnp.mean(values)
+  if "adapt/gradloss" in metrics:
+    metrics["gradloss"] = metrics["adapt/gradloss"]  # psi trained on the support window
   rec["learn2/params"], rec["learn2/stats"] = params, stats
   metrics["loss"] = metrics["ordloss"] + metrics["fewloss"]
 
