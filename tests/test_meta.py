@@ -144,3 +144,31 @@ def test_meta_training_lowers_the_ordinal_loss(inner_mode):
   assert all(b < a for a, b in zip(ordloss, ordloss[1:])), ordloss
   assert ordloss[-1] < ordloss[0] - 0.2, ordloss
   assert int(state.step) == 6
+
+
+@pytest.mark.parametrize("psi_target", ["support", "learning"])
+def test_psi_learns_the_gradient_where_it_is_trained(psi_target):
+  """psi_target support: psi's loss is taken on the adaptation window (adapt/gradloss) and
+  falls; the learning phase leaves psi alone. learning: the other way round."""
+  config = _config(psi_target=psi_target)
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(1), num_tasks=2)
+  clips, levels = _pulse_clips(3, 2, 3)
+  batch = {"x": jnp.asarray(clips), "targets": jnp.asarray(levels),
+           "valid": jnp.ones((2, 3), bool)}
+  step = meta.make_meta_train_step(config)
+  psi0 = jax.tree.map(np.asarray, state.params["psi"])
+  history = []
+  for _ in range(4):
+    state, metrics = step(state, batch)
+    history.append({k: float(v) for k, v in metrics.items()})
+  moved = max(float(np.abs(np.asarray(a) - b).max())
+              for a, b in zip(jax.tree.leaves(state.params["psi"]), jax.tree.leaves(psi0)))
+  assert moved > 0
+  if psi_target == "support":
+    assert all(h["learn1/gradloss"] == 0 and h["learn2/gradloss"] == 0 for h in history)
+    losses_ = [h["adapt/gradloss"] for h in history]
+    assert all(h["gradloss"] == h["adapt/gradloss"] for h in history)
+  else:
+    assert "adapt/gradloss" not in history[0]
+    losses_ = [h["learn1/gradloss"] for h in history]
+  assert losses_[-1] < losses_[0], losses_
