@@ -509,6 +509,13 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
   for name in ("window_s", "stride_s", "hrv_window_s", "queue_s", "timeout_s", "stall_s"):
     if not getattr(opts, name) > 0:
       raise ConfigError(f"--{name}={getattr(opts, name)}: must be > 0")
+  if opts.seconds is not None and not opts.seconds > 0:
+    raise ConfigError(f"--seconds={opts.seconds}: must be > 0")
+  if opts.detect_every < 1:
+    raise ConfigError(f"--detect_every={opts.detect_every}: must be >= 1")
+  for name in ("min_quality", "hrv_min_quality"):
+    if not 0 <= getattr(opts, name) <= 1:
+      raise ConfigError(f"--{name}={getattr(opts, name)}: must be within 0..1")
   summary: dict[str, Any] = {"type": "summary", "source": str(getattr(source_spec, "name",
                                                                        source_spec)), "method": opts.method,
                              "frames_read": 0, "frames_processed": 0, "frames_dropped": 0,
@@ -692,6 +699,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="end the stream after this long without a frame (s)")
   p.add_argument("--queue_s", type=float, default=2.0,
                  help="frames held between reader and processing (s of video)")
+  p.add_argument("--detect_every", type=int, default=10,
+                 help="run the face detector every N frames (fewer: faster, slower to follow)")
   return p
 
 
@@ -701,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                  hrv_window_s=args.hrv_window_s, min_quality=args.min_quality,
                  hrv_min_quality=args.hrv_min_quality, realtime=args.realtime,
                  seconds=args.seconds, queue_s=args.queue_s, timeout_s=args.timeout_s,
-                 stall_s=args.stall_s)
+                 stall_s=args.stall_s, detect_every=args.detect_every)
   try:
     if opts.method != META and opts.method not in baselines.METHODS:
       raise ConfigError(f"--method {opts.method!r}: not one of "

@@ -204,8 +204,10 @@ def test_url_that_does_not_answer_exits_with_a_message():
 def test_bad_options():
   with pytest.raises(ConfigError, match="--method 'nope'"):
     stream.Classical("nope", 30.0)
-  with pytest.raises(ConfigError, match="--window_s"):
-    stream.run("x.mp4", dataclasses.replace(FAST, window_s=0.0), emit=lambda _: None)
+  for bad, match in (({"window_s": 0.0}, "--window_s"), ({"detect_every": 0}, "--detect_every"),
+                     ({"min_quality": 1.5}, "--min_quality"), ({"seconds": -1.0}, "--seconds")):
+    with pytest.raises(ConfigError, match=match):
+      stream.run("x.mp4", dataclasses.replace(FAST, **bad), emit=lambda _: None)
 
 
 def test_meta_rppg_without_a_model():
