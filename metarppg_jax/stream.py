@@ -22,9 +22,9 @@ Methods:
   windows, then predicts every window (`inference.predict`), the adaptation windows included; each
   window's expected level (`heart_rate.levels_to_signal`) has its mean removed, since the
   levels are scaled per window and the steps between windows would otherwise show in the
-  spectrum. On a live source the model runs on a worker thread, so tracking never waits for it
-  (the newest window's signal then lags the newest frame by up to a window); an unpaced file
-  waits for it.
+  spectrum. The model runs on a worker thread while the next frames are tracked; a reading
+  covers the windows that ended at least one window (2 s) before it, waiting for their model
+  calls if they are not done (a live source then drops frames, and counts them).
 - any classical method of `baselines.METHODS` (pos, chrom, green, ica, ...): the masked mean
   colour of the crops (`preprocess.masked_rgb_means`) -> `baselines.rppg_signal`.
 
@@ -222,7 +222,7 @@ class Classical:
 class MetaRPPG:
   """Meta-rPPG on the stream's windows (module docstring): adapt once, predict every window."""
 
-  def __init__(self, config, state, *, max_frames: int, background: bool):
+  def __init__(self, config, state, *, max_frames: int):
     import jax  # pylint: disable=g-import-not-at-top
     from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
     rule = config.meta.lstm_state_rule
@@ -249,8 +249,8 @@ class MetaRPPG:
     self.values: list[np.ndarray] = []        # per window f32[chunk]
     self._keep = (max_frames + self.chunk - 1) // self.chunk + 1
     self._lock = threading.Lock()             # values are appended by the worker thread
-    self._pool = concurrent.futures.ThreadPoolExecutor(1) if background else None
-    self._pending: collections.deque = collections.deque()
+    self._pool = concurrent.futures.ThreadPoolExecutor(1)
+    self._pending: collections.deque = collections.deque()   # (window index, future)
 
   def compile(self) -> float:
     """Compiles adapt and predict before the stream starts; returns the seconds it took."""
@@ -263,15 +263,14 @@ class MetaRPPG:
       self._adapt.lower(self._params, self._stats, self._prototype, sup).compile()
     return time.monotonic() - start
 
-  def _run(self, fn: Callable[[], Any]):
-    if self._pool is None:
-      fn()
-    else:
-      self._pending.append(self._pool.submit(fn))
+  def _run(self, index: int, fn: Callable[[], Any]) -> None:
+    """Runs a model call for window `index` on the worker thread (in submission order)."""
+    self._pending.append((index, self._pool.submit(fn)))
 
-  def _collect(self) -> None:
-    while self._pending and self._pending[0].done():
-      self._pending.popleft().result()       # re-raises a failure of the model call
+  def _collect(self, before: int = 0) -> None:
+    """Takes in the finished model calls, waiting for those of windows < `before`."""
+    while self._pending and (self._pending[0][0] < before or self._pending[0][1].done()):
+      self._pending.popleft()[1].result()    # re-raises a failure of the model call
 
   def _adapt_now(self, support: np.ndarray) -> None:
     theta, stats, _ = self._adapt(self._params, self._stats, self._prototype, support)
@@ -301,24 +300,23 @@ class MetaRPPG:
       self._support.append(x)
       if len(self._support) == self.fewshots:
         support = np.stack(self._support)
-        self._run(lambda: self._adapt_now(support))
-        for w in self._support:              # the adaptation windows are predicted too
-          self._run(lambda w=w: self._predict_now(w))
+        self._run(0, lambda: self._adapt_now(support))
+        for i, w in enumerate(self._support):  # the adaptation windows are predicted too
+          self._run(i, lambda w=w: self._predict_now(w))
       return
-    if not self.do_adapt:
-      self.adapted = False
-    self._run(lambda: self._predict_now(x))
+    self._run(stop // self.chunk - 1, lambda: self._predict_now(x))
 
   def finish(self) -> None:
     """Waits for the model calls in flight."""
     while self._pending:
-      self._pending.popleft().result()
-    if self._pool is not None:
-      self._pool.shutdown(wait=True)
+      self._pending.popleft()[1].result()
+    self._pool.shutdown(wait=True)
 
   def signal(self, buf: Buffer, n: int, n_max: int) -> tuple[np.ndarray, slice] | str:
-    """As `Classical.signal`; the newest sample is that of the newest predicted window."""
-    self._collect()
+    """As `Classical.signal`, over the windows that ended at least one window before the
+    newest sample (waiting for their model calls): the model predicts the newest window on
+    its thread while the next frames are tracked."""
+    self._collect(before=self._consumed // self.chunk - 1)
     if self.do_adapt and not self.adapted:
       need = self.fewshots * self.chunk
       return (f"adapting (collecting {min(buf.count, need) / self.fps:.0f} of "
@@ -526,8 +524,7 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
   if opts.method == META:       # compiled before the source is opened: a camera or a
     config, state = model       # network stream would otherwise wait (or time out)
     frames = int(math.ceil(max(opts.window_s, opts.hrv_window_s) * float(config.data.fps)))
-    extractor = MetaRPPG(config, state, max_frames=frames,
-                         background=opts.realtime or not _is_file(source_spec))
+    extractor = MetaRPPG(config, state, max_frames=frames)
     summary["compile_s"] = round(extractor.compile(), 2)
   if isinstance(source_spec, live_source.Source):
     source = source_spec
@@ -664,12 +661,6 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
 
 def threading_main() -> bool:
   return threading.current_thread() is threading.main_thread()
-
-
-def _is_file(spec) -> bool:
-  if isinstance(spec, live_source.Source):
-    return not spec.live
-  return not spec.strip().isdigit() and "://" not in spec
 
 
 def _parser() -> argparse.ArgumentParser:
