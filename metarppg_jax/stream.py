@@ -52,6 +52,7 @@ import dataclasses
 import fractions
 import json
 import math
+import pathlib
 import signal as signal_lib
 import sys
 import threading
@@ -75,7 +76,7 @@ META = "meta_rppg"
 MIN_FACE_FRACTION = 0.8     # of a window's frames; fewer: no reading
 ENLARGE = 1.6               # crop side over the detected face's side (faces.face_crops')
 TRACE_S = 5.0               # seconds of signal drawn in --video_out
-LAG_S = 20.0                # how far the model may fall behind a live stream
+LAG_S = 20.0                # buffer slack beyond the HRV span (a model call that runs late)
 MASK_REFERENCE_STEP = 10    # every k-th past crop joins the new ones in the skin colour model
 
 
@@ -401,6 +402,7 @@ class Overlay:
   """Writes frames with the face box, the last reading and the signal trace to an MP4."""
 
   def __init__(self, path: str, fps: float, width: int, height: int):
+    self.path = path
     self.width, self.height = width - width % 2, height - height % 2   # yuv420p: even sides
     try:
       self._container = av.open(path, mode="w")
@@ -435,14 +437,21 @@ class Overlay:
     pts = max(int(round(t * 1000)), self._last_pts + 1)
     frame.pts, frame.time_base = pts, fractions.Fraction(1, 1000)
     self._last_pts = pts
-    for packet in self._stream.encode(frame):
-      self._container.mux(packet)
+    try:
+      for packet in self._stream.encode(frame):
+        self._container.mux(packet)
+    except (av.FFmpegError, OSError) as e:
+      raise DataError(f"--video_out {self.path}: write failed ({e})") from None
     self.frames += 1
 
   def close(self) -> None:
-    for packet in self._stream.encode():
-      self._container.mux(packet)
-    self._container.close()
+    try:
+      for packet in self._stream.encode():
+        self._container.mux(packet)
+    except (av.FFmpegError, OSError) as e:
+      raise DataError(f"--video_out {self.path}: write failed ({e})") from None
+    finally:
+      self._container.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,7 +504,9 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
     DataError / ConfigError: the source cannot be opened, a bad option (before any line).
   """
   emit = emit or (lambda line: print(line, flush=True))
-  sink = open(out_file, "a", encoding="utf-8") if out_file else None
+  for flag, path in (("--out", out_file), ("--video_out", video_out)):
+    if path and not pathlib.Path(path).absolute().parent.is_dir():
+      raise ConfigError(f"{flag} {path}: its directory does not exist")
 
   def put(obj: dict) -> None:
     line = json.dumps(obj)
@@ -514,6 +525,10 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
   for name in ("min_quality", "hrv_min_quality"):
     if not 0 <= getattr(opts, name) <= 1:
       raise ConfigError(f"--{name}={getattr(opts, name)}: must be within 0..1")
+  try:
+    sink = open(out_file, "a", encoding="utf-8") if out_file else None
+  except OSError as e:
+    raise ConfigError(f"--out {out_file}: cannot be written ({e})") from None
   summary: dict[str, Any] = {"type": "summary", "source": str(getattr(source_spec, "name",
                                                                        source_spec)), "method": opts.method,
                              "frames_read": 0, "frames_processed": 0, "frames_dropped": 0,
@@ -618,13 +633,13 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
       summary["end"] = "interrupted"
       status = 0
     except MetaRPPGError as e:
-      summary["end"] = f"error: {e}"
+      summary["end"] = str(e)
       status = 1
     reader.stop()
     try:
       extractor.finish()
     except MetaRPPGError as e:
-      summary["end"] = f"error: {e}"
+      summary["end"] = str(e)
       status = 1
     summary["frames_read"] = reader.read
     summary["frames_dropped"] = reader.dropped
@@ -650,8 +665,11 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
     if reader is None:
       source.close()
     if overlay is not None:
-      overlay.close()
-      summary["video_out"] = video_out
+      try:
+        overlay.close()
+        summary["video_out"] = video_out
+      except DataError as e:
+        summary["end"], status = str(e), 1
   put(summary)
   if sink is not None:
     sink.close()

@@ -208,6 +208,9 @@ def test_bad_options():
                      ({"min_quality": 1.5}, "--min_quality"), ({"seconds": -1.0}, "--seconds")):
     with pytest.raises(ConfigError, match=match):
       stream.run("x.mp4", dataclasses.replace(FAST, **bad), emit=lambda _: None)
+  for where in ("out_file", "video_out"):
+    with pytest.raises(ConfigError, match="its directory does not exist"):
+      stream.run("x.mp4", FAST, emit=lambda _: None, **{where: "/nonexistent/dir/x"})
 
 
 def test_meta_rppg_without_a_model():
