@@ -79,7 +79,8 @@ def orient(sig, blood_down, fps: float) -> np.ndarray:
     raise ValueError(f"signal {x.shape} and reference {ref.shape} must both be f[n]")
   if x.size < 16:
     return x
-  sos = sps.butter(2, heart_rate.HR_BAND_HZ, btype="bandpass", fs=fps, output="sos")
+  band = (heart_rate.HR_BAND_HZ[0], min(heart_rate.HR_BAND_HZ[1], 0.45 * fps))
+  sos = sps.butter(2, band, btype="bandpass", fs=fps, output="sos")
   return -x if np.dot(sps.sosfiltfilt(sos, x), sps.sosfiltfilt(sos, ref)) > 0 else x
 
 
