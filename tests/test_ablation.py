@@ -37,9 +37,33 @@ def test_ablation_table_on_tiny(tmp_path, load_experiment):
   ablation = load_experiment("ablation")
   base = configuration.from_file(REPO / "configs" / "tiny.py", {
       "optim.num_epochs": 1, "optim.steps_per_epoch": 1, "eval.every_epochs": 0})
-  rows = ablation.run(base, tmp_path, ("full", "no_prototype"))
-  assert [r["variant"] for r in rows] == ["full", "no_prototype"]
-  assert json.loads((tmp_path / "ablation.json").read_text())[1]["variant"] == "no_prototype"
-  table = (tmp_path / "ablation.md").read_text()
-  assert "| full |" in table and "| no_prototype |" in table
-  assert (tmp_path / "no_prototype" / "metrics.json").is_file()
+  rows = ablation.run(base, tmp_path / "runs", ("full", "end_to_end"), seeds=(0, 1),
+                      results=tmp_path / "results")
+  assert [(r["variant"], r["seed"]) for r in rows] == [
+      ("full", 0), ("full", 1), ("end_to_end", 0), ("end_to_end", 1)]
+  saved = json.loads((tmp_path / "results" / "ablation.json").read_text())
+  full, end_to_end = saved["summary"]
+  assert full["seeds"] == [0, 1] and full["evaluated"] == "meta_rppg"
+  maes = [r["video_mae"] for r in rows[:2]]
+  assert full["video_mae"] == pytest.approx(sum(maes) / 2)
+  assert full["video_mae_sd"] == pytest.approx(abs(maes[0] - maes[1]) / 2 ** 0.5)
+  assert full["gain"] == pytest.approx(sum(r["gain"]["mean_diff"] for r in rows[:2]) / 2)
+  assert end_to_end["evaluated"] == "no_adaptation" and rows[2]["gain"] is None
+  table = (tmp_path / "results" / "ablation.md").read_text()
+  assert "| full | 2 |" in table and "| end_to_end | 2 |" in table
+  assert (tmp_path / "runs" / "end_to_end" / "seed1" / "metrics.json").is_file()
+
+
+def test_summary_of_seeds(load_experiment):
+  ablation = load_experiment("ablation")
+  gain = {"mean_diff": -1.0, "ci_low": -2.0, "ci_high": -0.5, "wilcoxon_p": 0.03,
+          "verdict": "a_better"}
+  rows = [{"variant": "full", "seed": k, "evaluated": "meta_rppg", "video_mae": m,
+           "video_mae_no_adaptation": m + 1, "window_mae": m, "pearson": 0.5,
+           "num_videos": 6, "gain": dict(gain, ci_high=ci_high)}
+          for k, (m, ci_high) in enumerate([(2.0, -0.5), (4.0, 0.5), (6.0, -0.1)])]
+  (line,) = ablation.summarise(rows)
+  assert line["video_mae"] == 4.0 and line["video_mae_sd"] == 2.0
+  assert line["gain"] == -1.0 and line["gain_sd"] == 0.0
+  assert line["gain_ci_excludes_0"] == 2
+  assert "4.00 ± 2.00" in ablation.table_md([line], "test", "synthetic_rppg")
