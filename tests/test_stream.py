@@ -137,7 +137,7 @@ def test_stalled_stream_ends_with_the_reason(clip):
     return None
 
   src = live_source.Source("rtsp://test/stall", "url", 30.0, 128, 128, read, released.set)
-  lines, summary = _run(src, dataclasses.replace(FAST, stall_s=2.5))
+  lines, summary = _run(src, dataclasses.replace(FAST, stall_s=4.0))
   released.set()
   assert summary["status"] == 1 and "stalled" in summary["end"]
   assert any(r.get("reason", "") and "no frame" in r["reason"] for r in lines[:-1])
