@@ -1,38 +1,72 @@
 """Synthetic face videos with a known pulse: the embedded default dataset.
 
-A video is made in four steps, driven by independent random streams spawned from
-`np.random.SeedSequence([seed, domain])` (pulse; face and scene; sensor noise), so the face and
-the nuisance parameters of a seed do not depend on the video's duration:
+Each frame follows the skin reflection model of Wang et al. (2017, "Algorithmic principles of
+remote PPG"): `C(x, t) = I(t) c(t) * (v_s(x, t) + v_d(x, t)) + v_n(x, t)`, with the light's
+intensity I and colour c, a specular term v_s in the light's colour, a diffuse term v_d that
+carries the pulse, and camera noise v_n. A video is made in five steps, driven by independent
+random streams spawned from `np.random.SeedSequence([seed, domain])` (pulse; face and scene;
+sensor noise), so the face and the nuisance parameters of a seed do not depend on the duration:
 
-1. A face (`_photo_face`, `_rendered_face`): either the real photo `skimage.data.astronaut()` under a random
-   non-uniform scale, mirror and skin-tone change, or a rendered face of random geometry (face
-   ellipse, eyes, brows, nose, mouth, hair, neck, background) with skin texture and shading.
-   Both give an RGB image, a soft skin map (where blood volume modulates colour) and the face
-   box that a frontal-face detector reports.
+1. A face with 3-D shape (`_photo_face`, `_rendered_face`): an albedo image, a soft skin map
+   (where blood volume modulates colour), a gloss map (where skin reflects specularly: forehead,
+   nose, cheeks), a height field (ellipsoid head, nose ridge, brow ridge, eye sockets, cheeks)
+   and the face box a frontal-face detector reports. Faces are either the real photo
+   `skimage.data.astronaut()` (NASA, public domain; the only colour face photo shipped by an
+   installed package) under a random non-uniform scale, mirror and skin-tone change, its
+   albedo the photo divided by the rest-pose shading, or a rendered face of random geometry
+   (face ellipse, eyes, brows, nose, mouth, hair, neck, background) with skin texture.
 2. A physiological pulse (`pulse_signal`): instantaneous heart rate = base rate + slow drift +
    respiratory sinus arrhythmia + beat-to-beat variability, clipped to 45..150 bpm; each beat
-   has a systolic peak and a dicrotic wave; respiration modulates amplitude and baseline.
-3. Skin colour follows the blood volume: relative change per channel
+   has a systolic peak and a dicrotic wave; respiration modulates amplitude and baseline. The
+   times of the systolic peaks are `beats` (heart-rate-variability ground truth).
+3. Pulse in the diffuse reflectance: relative change per channel
    `-amplitude * PBV / PBV_G * pulse(t)` with PBV = (0.33, 0.77, 0.53) (de Haan & van Leest
-   2014; more blood absorbs more light), amplitude 0.1..1 % of skin intensity (green,
-   peak to peak), varied over the skin by a smooth perfusion map.
-4. Nuisances: illumination level, slow drift and flicker; colour temperature; head motion
-   (translation, rotation, scale: smooth random paths, one cv2.warpAffine a frame); sensor
-   noise (shot + read); JPEG round trip. Their distributions are what make a domain.
+   2014; more blood absorbs more light), amplitude 0.3..1 % of skin intensity (green, peak to
+   peak), varied over the skin by a smooth perfusion map.
+4. Pose, then light (`_render`): head rotation (yaw, pitch, roll) and translation follow slow
+   paths plus in-band jitter (0.5..3 Hz: talking, breathing, sway). The albedo, skin, normal and
+   gloss maps are warped to the pose and the normals rotated; only then is the frame lit by a
+   directional + ambient source (Lambert) and a Blinn-Phong specular lobe in the light's
+   colour, so head motion changes the light falling on the skin frame by frame. The light's
+   intensity drifts slowly and fluctuates in the pulse band (relative std `light_band`:
+   ambient, screen content), with mains flicker aliased to ~10 Hz; its colour drifts slowly
+   (`chroma_drift`) and a screen adds small in-band chromatic changes (`screen`).
+5. Camera: the frame stands for a sensor on which the face is `face_width` pixels wide (a
+   640x480 recording: 90..220), binned to the rendered size, so per-pixel shot + read noise is
+   divided by the binning (the skin-averaged SNR of the real recording); 8-bit quantisation;
+   H.264 (libx264 through PyAV, yuv420p, CRF `crf`) with probability `codec_probability`.
 
-Domains (`DOMAINS`): "source" (training: light to medium skin, bright, little motion, mild
-noise, light or no compression, HR 50..120, pulse 0.3..1 %) and "shifted" (testing: medium to
-dark skin, dim and warm or cool light, stronger flicker, more motion, more noise, JPEG 80..95,
-HR 45..150, pulse 0.3..0.8 %); a plain FFT of the masked green mean of 20 s recovers the mean
-HR within 2 bpm for seeds 0..19 of each from the known face box, and through Haar detection
-and tracking for 19 of 20 (source) and 20 of 20 (shifted). "hard" pushes every nuisance further (pulse 0.1..0.4 %, dimmer, more motion,
-JPEG 65..85), where that plain method fails about half the time (4 of 10 seeds within
-2 bpm); "clean" has no nuisances (for tests of the
-signal path).
+Why this matters: what reaches the 0.7..3.5 Hz band in real videos is mostly intensity
+(motion-driven shading, specular, light) common to all colour channels, which the
+colour-difference methods (CHROM, POS) cancel and GREEN does not. Measured with
+`experiments/realism.py` (textbook POS/CHROM/GREEN on a fixed box inside the known face box),
+see the README's "The synthetic benchmark".
+
+Domains (`DOMAINS`, each range uniform):
+- "source" (training; a lab recording like UBFC-rPPG/PURE): light to medium skin (melanin
+  0..0.5), bright light from the front (azimuth within 35 deg, elevation 10..40 deg, ambient
+  30..50 %), light fluctuation 0.3..1 % in band, warmth -0.2..0.2, slow head motion (2 deg,
+  2 % translation) with 0.15..0.4 deg jitter, specular 0.04..0.1, face 150..220 sensor pixels
+  wide, read noise 1..2 DN, shot 0.03..0.08 DN/DN, H.264 CRF 12..18 on half of the videos
+  (the others uncompressed), HR 50..120, pulse 0.3..1 %.
+- "shifted" (testing; a webcam at home like MAHNOB-HCI or a phone): medium to dark skin
+  (0.4..1), dim light (0.45..0.8) from the side (azimuth up to 60 deg), less ambient, warm or
+  cool (-0.8..0.8) with a colour drift and screen light, light fluctuation 0.5..1.5 %, more
+  motion (4 deg, 3 %) and jitter (0.3..0.8 deg), oilier skin (specular 0.06..0.15), a smaller
+  face (90..150 sensor pixels), noisier sensor (read 2..4 DN, shot 0.1..0.3 DN/DN), H.264 CRF
+  18..24 always, HR 45..150, pulse 0.3..0.8 %.
+- "hard" pushes every nuisance further (pulse 0.1..0.4 %, dimmer, more motion, CRF 24..30).
+- "clean" has no nuisances (a still face under constant white light, no noise, no codec): for
+  tests of the signal path.
 
 Ground truth: `ppg` is the finger-PPG-like blood-volume waveform (higher = more blood, so the
-skin darkens when it rises) and `hr` the instantaneous rate, both per frame, aligned with the
-frames (no pulse transit delay).
+skin darkens when it rises), `hr` the instantaneous rate, both per frame, aligned with the
+frames (no pulse transit delay), and `beats` the systolic peak times.
+
+Not modelled: subsurface scattering and the depth profile of the pulse, ballistocardiographic
+head motion at the heart rate, facial expressions and blinks, non-rigid motion, camera
+auto-exposure and white balance, rolling shutter, occlusions, multiple light sources in
+different colours on different sides of the face.
 
 CLI: `python -m metarppg_jax.data.synthetic --out DIR --num_videos N --seconds S --domain D
 --seed K` writes `DIR/subject<K+i>/vid.avi` (lossless FFV1 by default, the nuisances already
@@ -41,14 +75,19 @@ applied) and `ground_truth.txt` in UBFC-rPPG DATASET_2 format (3 lines: PPG, HR,
 
 import argparse
 import dataclasses
+import fractions
+import io
 import os
 import pathlib
 import sys
 import time
 from typing import NamedTuple
 
+import av
 import cv2
 import numpy as np
+from scipy import ndimage
+from scipy import signal as scipy_signal
 
 from metarppg_jax.data import faces as faces_lib
 from metarppg_jax.data import video as video_lib
@@ -57,6 +96,13 @@ PBV = np.array([0.33, 0.77, 0.53], np.float32)   # blood-volume pulse direction 
 HR_RANGE = (45.0, 150.0)
 ASTRONAUT_FACE = (177.0, 66.0, 95.0, 95.0)       # Haar box of skimage.data.astronaut(), 512 px
 OPTICAL_BLUR = 1.0                               # Gaussian sigma, output pixels
+BAND = (0.5, 3.0)                                # Hz, in-band nuisances (motion, light)
+SHININESS = 12.0
+# A camera's encoder codes what it sees, without x264's perceptual shortcuts (adaptive
+# quantisation, psycho-visual rate-distortion, dead zones, trellis zeroing, skipping blocks
+# that barely change): those erase a sub-level colour change that lasts seconds.
+X264_PARAMS = ("aq-mode=0:no-mbtree=1:no-fast-pskip=1:deadzone-inter=0:deadzone-intra=0:"
+               "trellis=0:psy-rd=0,0")                                 # Blinn-Phong exponent of skin
 HAIR_COLORS = np.array([[20, 16, 14], [45, 32, 24], [70, 48, 32], [105, 72, 45],
                         [150, 110, 70], [120, 55, 30], [130, 130, 130]], np.float64)
 
@@ -69,39 +115,62 @@ class Domain:
   melanin: tuple[float, float]            # 0 light .. 1 dark skin
   photo: float                            # probability of the astronaut photo
   light: tuple[float, float]              # illumination gain
-  light_drift: float                      # max relative drift over the video
+  azimuth: float                          # max horizontal angle of the light, degrees
+  elevation: tuple[float, float]          # light above the camera axis, degrees
+  ambient: tuple[float, float]            # ambient fraction of the light
+  light_drift: float                      # max relative slow drift over the video
+  light_band: tuple[float, float]         # relative std of in-band light fluctuation
+  flicker: tuple[float, float]            # relative mains flicker (aliased to ~10 Hz)
   temperature: tuple[float, float]        # -1 cool .. +1 warm
-  flicker: tuple[float, float]            # relative flicker amplitude
-  translation: float                      # max translation, fraction of the frame
-  rotation: float                         # max rotation, degrees
+  chroma_drift: float                     # max slow change of warmth over the video
+  screen: tuple[float, float]             # relative std of in-band chromatic light (per channel)
+  specular: tuple[float, float]           # peak specular reflectance of glossy skin
+  translation: float                      # max slow translation, fraction of the frame
+  rotation: float                         # max slow rotation (yaw, pitch, roll), degrees
   scale: float                            # max relative scale change
-  read_noise: tuple[float, float]         # DN (0..255)
-  shot_noise: tuple[float, float]         # variance per DN of signal
-  jpeg: tuple[int, int] | None            # JPEG quality range, None: no compression
-  jpeg_probability: float
+  jitter: tuple[float, float]             # in-band head rotation, std in degrees
+  face_width: tuple[float, float]         # face width in sensor pixels (noise binning)
+  read_noise: tuple[float, float]         # DN (0..255) per sensor pixel
+  shot_noise: tuple[float, float]         # variance per DN of signal, per sensor pixel
+  crf: tuple[int, int] | None             # H.264 CRF range, None: no compression
+  codec_probability: float
+
+
+def _domain(**overrides) -> Domain:
+  """The clean domain with `overrides`: no nuisance unless named."""
+  clean = dict(hr=(50, 120), amplitude=(0.005, 0.01), melanin=(0.0, 0.4), photo=0.3,
+               light=(1.0, 1.0), azimuth=0.0, elevation=(20.0, 20.0), ambient=(0.4, 0.4),
+               light_drift=0.0, light_band=(0.0, 0.0), flicker=(0.0, 0.0),
+               temperature=(0.0, 0.0), chroma_drift=0.0, screen=(0.0, 0.0),
+               specular=(0.0, 0.0), translation=0.0, rotation=0.0, scale=0.0,
+               jitter=(0.0, 0.0), face_width=(200.0, 200.0), read_noise=(0.0, 0.0),
+               shot_noise=(0.0, 0.0), crf=None, codec_probability=0.0)
+  return Domain(**{**clean, **overrides})
 
 
 DOMAINS = {
-    "clean": Domain(hr=(50, 120), amplitude=(0.005, 0.01), melanin=(0.0, 0.4), photo=0.3,
-                    light=(1.0, 1.0), light_drift=0.0, temperature=(0.0, 0.0),
-                    flicker=(0.0, 0.0), translation=0.0, rotation=0.0, scale=0.0,
-                    read_noise=(0.0, 0.0), shot_noise=(0.0, 0.0), jpeg=None,
-                    jpeg_probability=0.0),
-    "source": Domain(hr=(50, 120), amplitude=(0.003, 0.01), melanin=(0.0, 0.5), photo=0.3,
-                     light=(0.8, 1.1), light_drift=0.05, temperature=(-0.2, 0.2),
-                     flicker=(0.0, 0.002), translation=0.02, rotation=2.0, scale=0.02,
-                     read_noise=(0.5, 1.5), shot_noise=(0.02, 0.08), jpeg=(90, 97),
-                     jpeg_probability=0.5),
-    "shifted": Domain(hr=(45, 150), amplitude=(0.003, 0.008), melanin=(0.4, 1.0), photo=0.3,
-                      light=(0.45, 0.8), light_drift=0.15, temperature=(-0.8, 0.8),
-                      flicker=(0.001, 0.005), translation=0.03, rotation=4.0, scale=0.03,
-                      read_noise=(1.0, 2.5), shot_noise=(0.05, 0.15), jpeg=(80, 95),
-                      jpeg_probability=1.0),
-    "hard": Domain(hr=(45, 150), amplitude=(0.001, 0.004), melanin=(0.3, 1.0), photo=0.3,
-                   light=(0.35, 0.7), light_drift=0.2, temperature=(-1.0, 1.0),
-                   flicker=(0.002, 0.01), translation=0.05, rotation=6.0, scale=0.05,
-                   read_noise=(1.5, 3.0), shot_noise=(0.08, 0.2), jpeg=(65, 85),
-                   jpeg_probability=1.0),
+    "clean": _domain(),
+    "source": _domain(
+        hr=(55, 120), amplitude=(0.003, 0.01), melanin=(0.0, 0.5), light=(0.7, 0.95),
+        azimuth=35.0, elevation=(10.0, 40.0), ambient=(0.3, 0.5), light_drift=0.05,
+        light_band=(0.004, 0.012), flicker=(0.0, 0.002), temperature=(-0.2, 0.2),
+        chroma_drift=0.05, screen=(0.0, 0.0), specular=(0.04, 0.1), translation=0.015,
+        rotation=1.5, scale=0.015, jitter=(0.05, 0.2), face_width=(150.0, 220.0),
+        read_noise=(1.0, 2.0), shot_noise=(0.03, 0.08), crf=(12, 18), codec_probability=0.0),
+    "shifted": _domain(
+        hr=(45, 150), amplitude=(0.003, 0.008), melanin=(0.3, 0.9), light=(0.5, 0.85),
+        azimuth=60.0, elevation=(0.0, 40.0), ambient=(0.2, 0.4), light_drift=0.15,
+        light_band=(0.004, 0.012), flicker=(0.001, 0.005), temperature=(-0.8, 0.8),
+        chroma_drift=0.2, screen=(0.0001, 0.0005), specular=(0.06, 0.15), translation=0.025,
+        rotation=3.0, scale=0.025, jitter=(0.15, 0.45), face_width=(110.0, 170.0),
+        read_noise=(1.5, 2.5), shot_noise=(0.06, 0.15), crf=(0, 3), codec_probability=1.0),
+    "hard": _domain(
+        hr=(45, 150), amplitude=(0.001, 0.004), melanin=(0.3, 1.0), light=(0.35, 0.7),
+        azimuth=70.0, elevation=(-10.0, 40.0), ambient=(0.15, 0.3), light_drift=0.2,
+        light_band=(0.01, 0.03), flicker=(0.002, 0.01), temperature=(-1.0, 1.0),
+        chroma_drift=0.3, screen=(0.001, 0.004), specular=(0.08, 0.2), translation=0.05,
+        rotation=6.0, scale=0.05, jitter=(0.5, 1.5), face_width=(60.0, 110.0),
+        read_noise=(3.0, 5.0), shot_noise=(0.2, 0.5), crf=(4, 10), codec_probability=1.0),
 }
 DOMAIN_IDS = {"clean": 0, "source": 1, "shifted": 2, "hard": 3}
 
@@ -114,12 +183,32 @@ class SyntheticVideo(NamedTuple):
   hr: f32[T] instantaneous heart rate, bpm.
   fps: frame rate.
   face_box: f32[T, 4] (x, y, w, h) of the face as a frontal-face detector reports it.
+  beats: f64[B] times (s, from the first frame) of the systolic peaks within the video.
   """
   frames: np.ndarray
   ppg: np.ndarray
   hr: np.ndarray
   fps: float
   face_box: np.ndarray
+  beats: np.ndarray
+
+
+class Pulse(NamedTuple):
+  """ppg: f32[T] ~0..1 (higher = more blood); hr: f32[T] bpm; beats: f64[B] systolic peaks, s."""
+  ppg: np.ndarray
+  hr: np.ndarray
+  beats: np.ndarray
+
+
+class Face(NamedTuple):
+  """A face at rest pose, f32 maps of the frame: albedo [H, W, 3] (DN at unit light), skin
+  [H, W] (0..1, where the pulse shows), gloss [H, W] (0..1), height [H, W] (pixels toward the
+  camera), box [4] (x, y, w, h)."""
+  albedo: np.ndarray
+  skin: np.ndarray
+  gloss: np.ndarray
+  height: np.ndarray
+  box: np.ndarray
 
 
 def _rngs(seed: int, domain: str) -> list[np.random.Generator]:
@@ -132,11 +221,8 @@ def _rngs(seed: int, domain: str) -> list[np.random.Generator]:
 
 def _smooth_noise(rng: np.random.Generator, n: int, correlation: float) -> np.ndarray:
   """Zero-mean unit-std noise f64[n] low-passed with a Gaussian of `correlation` samples."""
-  sigma = max(correlation, 1e-3)
-  half = int(4 * sigma) + 1
-  kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
-  x = np.convolve(rng.standard_normal(n + 2 * half), kernel / kernel.sum(), mode="valid")
-  x = x[:n] - x[:n].mean()
+  x = ndimage.gaussian_filter1d(rng.standard_normal(n), max(correlation, 1e-3), mode="wrap")
+  x = x - x.mean()
   return x / max(x.std(), 1e-12)
 
 
@@ -152,8 +238,8 @@ def _smooth_path(rng: np.random.Generator, t: np.ndarray, max_amplitude: float) 
 
 
 def pulse_signal(rng: np.random.Generator, t: np.ndarray, hr_range: tuple[float, float]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """A physiological PPG waveform and its instantaneous heart rate.
+                 ) -> Pulse:
+  """A physiological PPG waveform, its instantaneous heart rate and its beat times.
 
   Args:
     rng: the generator.
@@ -161,7 +247,7 @@ def pulse_signal(rng: np.random.Generator, t: np.ndarray, hr_range: tuple[float,
     hr_range: range of the base heart rate, bpm.
 
   Returns:
-    (ppg f32[T] ~0..1, higher = more blood; hr f32[T] bpm within 45..150).
+    Pulse(ppg f32[T] ~0..1, hr f32[T] bpm within 45..150, beats f64[B] systolic peak times).
   """
   n = t.shape[0]
   dt = float(t[1] - t[0]) if n > 1 else 1 / 30
@@ -184,7 +270,8 @@ def pulse_signal(rng: np.random.Generator, t: np.ndarray, hr_range: tuple[float,
   respiration = np.sin(2 * np.pi * resp_rate * t + resp_phase)
   drift = drift_amp * np.sin(2 * np.pi * t / drift_period + drift_phase)
   hr = np.clip(hr0 + drift + rsa_amp * respiration + b2b, *HR_RANGE)
-  frac = np.mod(np.cumsum(hr / 60.0 * dt) + phase0, 1.0)
+  phase = np.cumsum(hr / 60.0 * dt) + phase0
+  frac = np.mod(phase, 1.0)
 
   def bump(at, width):
     d = np.mod(frac - at + 0.5, 1.0) - 0.5
@@ -194,7 +281,11 @@ def pulse_signal(rng: np.random.Generator, t: np.ndarray, hr_range: tuple[float,
   beat = (beat - beat.min()) / max(np.ptp(beat), 1e-12)
   ppg = beat * (1 + resp_am * respiration) + resp_baseline * np.sin(
       2 * np.pi * resp_rate * t + resp_phase + 1.0)
-  return ppg.astype(np.float32), hr.astype(np.float32)
+  # A systolic peak where the beat phase passes systolic_at; the phase is linear between
+  # samples, so interpolating it gives the peak times between frames.
+  first, last = np.ceil(phase[0] - systolic_at), np.floor(phase[-1] - systolic_at)
+  beats = np.interp(np.arange(first, last + 1) + systolic_at, phase, t)
+  return Pulse(ppg.astype(np.float32), hr.astype(np.float32), beats.astype(np.float64))
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -208,9 +299,43 @@ def _skin_color(melanin: float) -> np.ndarray:
   return light + (dark - light) * melanin
 
 
-def _rendered_face(rng: np.random.Generator, height: int, width: int, melanin: float
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """A drawn face of random geometry: (f32[H, W, 3] RGB, f32[H, W] skin, f32[4] box)."""
+def _gauss2d(height: int, width: int, center, sigma) -> np.ndarray:
+  """f32[H, W] Gaussian bump of peak 1 at `center` (x, y) with `sigma` (sx, sy) pixels."""
+  y = (np.arange(height, dtype=np.float32)[:, None] - center[1]) / sigma[1]
+  x = (np.arange(width, dtype=np.float32)[None, :] - center[0]) / sigma[0]
+  return np.exp(-0.5 * (x * x + y * y))
+
+
+def _head_height(height: int, width: int, center, a: float, b: float, rng: np.random.Generator
+                 ) -> np.ndarray:
+  """Height field f32[H, W] (pixels toward the camera) of a head of semi-axes a x b at
+  `center`: an ellipsoid with nose, brow ridge, eye sockets and cheekbones."""
+  cx, cy = center
+  y = (np.arange(height, dtype=np.float32)[:, None] - cy) / (1.08 * b)
+  x = (np.arange(width, dtype=np.float32)[None, :] - cx) / (1.08 * a)
+  depth = a * rng.uniform(0.8, 1.0)
+  head = depth * np.sqrt(np.clip(1 - x * x - y * y, 0, None))
+  nose = 0.3 * a * _gauss2d(height, width, (cx, cy + 0.05 * b), (0.1 * a, 0.25 * b))
+  brow = 0.08 * a * _gauss2d(height, width, (cx, cy - 0.3 * b), (0.6 * a, 0.06 * b))
+  cheeks = sum(0.1 * a * _gauss2d(height, width, (cx + s * 0.45 * a, cy + 0.1 * b),
+                                   (0.25 * a, 0.2 * b)) for s in (-1, 1))
+  sockets = sum(0.12 * a * _gauss2d(height, width, (cx + s * 0.4 * a, cy - 0.18 * b),
+                                     (0.16 * a, 0.1 * b)) for s in (-1, 1))
+  return _blur((head + nose + brow + cheeks - sockets).astype(np.float32), 0.02 * a)
+
+
+def _normals(height_map: np.ndarray) -> np.ndarray:
+  """Unit surface normals f32[H, W, 3] (x right, y down, z toward the camera) of a height
+  field; the steepest slopes (the silhouette) are capped at 80 degrees."""
+  gy, gx = np.gradient(height_map)
+  slope = np.sqrt(gx * gx + gy * gy)
+  cap = np.minimum(1.0, np.tan(np.radians(80)) / np.maximum(slope, 1e-6))
+  n = np.stack([-gx * cap, -gy * cap, np.ones_like(gx)], axis=-1)
+  return (n / np.linalg.norm(n, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _rendered_face(rng: np.random.Generator, height: int, width: int, melanin: float) -> Face:
+  """A drawn face of random geometry on a head-shaped height field."""
   s = min(height, width)
   cx = width / 2 + rng.uniform(-0.04, 0.04) * width
   cy = height * rng.uniform(0.48, 0.54)
@@ -246,8 +371,8 @@ def _rendered_face(rng: np.random.Generator, height: int, width: int, melanin: f
   socket = np.zeros((height, width), np.float32)
   for side in (-1, 1):
     ell(socket, (cx + side * eye_dx, eye_y - 0.02 * b), (0.3 * a, 0.16 * b), 1.0)
-  # Eye sockets are in shadow: the dark eye band is what frontal-face detectors key on (a
-  # bright sclera at this scale breaks it up and loses dark-skinned faces).
+  # Eye sockets are darker (lids, lashes): the dark eye band is what frontal-face detectors
+  # key on (a bright sclera at this scale breaks it up and loses dark-skinned faces).
   image = image * (1 - 0.5 * _blur(socket, a / 10))[..., None]
   for side in (-1, 1):
     ex = cx + side * eye_dx
@@ -264,20 +389,27 @@ def _rendered_face(rng: np.random.Generator, height: int, width: int, melanin: f
   mouth_axes = (a * rng.uniform(0.28, 0.4), b * rng.uniform(0.06, 0.1))
   ell(image, mouth, mouth_axes, tuple(lips.tolist()))
   ell(mask, mouth, (mouth_axes[0] * 1.15, mouth_axes[1] * 1.4), 0.0)
-  # skin texture and side light, then a slight blur (camera optics)
   texture = 1 + 0.04 * _blur(rng.standard_normal((height, width)).astype(np.float32), s / 40)
-  light_dir = rng.uniform(-0.15, 0.15)
-  shading = 1 + light_dir * (np.arange(width, dtype=np.float32) - cx)[None] / a
-  image = image * (texture * shading)[..., None]
-  image = _blur(np.clip(image, 0, 255).astype(np.float32), s / 200)
+  albedo = _blur(np.clip(image * texture[..., None], 0, 255).astype(np.float32), s / 200)
   mask = _blur(mask, s / 120)
   box = np.array([cx - 1.3 * a, cy - 0.05 * b - 1.3 * a, 2.6 * a, 2.6 * a], np.float32)
-  return image, mask, box
+  heights = _head_height(height, width, (cx, cy), a, b, rng)
+  return Face(albedo, mask, _gloss(mask, (cx, cy), a, b), heights, box)
 
 
-def _photo_face(rng: np.random.Generator, height: int, width: int, melanin: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """skimage's astronaut photo, resized, stretched, maybe mirrored, skin tone changed."""
+def _gloss(skin: np.ndarray, center, a: float, b: float) -> np.ndarray:
+  """Specular weight f32[H, W]: all skin a little, the T-zone (forehead, nose) most."""
+  height, width = skin.shape
+  cx, cy = center
+  t_zone = np.maximum(_gauss2d(height, width, (cx, cy - 0.55 * b), (0.5 * a, 0.2 * b)),
+                      _gauss2d(height, width, (cx, cy + 0.05 * b), (0.12 * a, 0.3 * b)))
+  return (skin * (0.4 + 0.6 * t_zone)).astype(np.float32)
+
+
+def _photo_face(rng: np.random.Generator, height: int, width: int, melanin: float,
+                rest_light: np.ndarray, ambient: float) -> Face:
+  """skimage's astronaut photo, resized, stretched, maybe mirrored, skin tone changed; its
+  albedo is the photo over the shading of the rest pose under `rest_light` f32[3]."""
   from skimage import data as skimage_data  # pylint: disable=g-import-not-at-top
   photo = skimage_data.astronaut()
   fx, fy, fw, fh = ASTRONAUT_FACE
@@ -293,18 +425,19 @@ def _photo_face(rng: np.random.Generator, height: int, width: int, melanin: floa
   image = cv2.warpAffine(photo.astype(np.float32), m, (width, height),
                          flags=cv2.INTER_AREA if zoom < 1 else cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REFLECT101)
-  ellipse = (0.65 * sx * fw / width, 0.85 * sy * fh / height)
-  inside = _ellipse_map(height, width, (tx, ty + 0.1 * sy * fh), ellipse)
+  center = (tx, ty + 0.1 * sy * fh)
+  a, b = 0.62 * sx * fw, 0.8 * sy * fh
+  inside = _ellipse_map(height, width, center, (0.65 * sx * fw / width, 0.85 * sy * fh / height))
   skin = faces_lib.skin_mask(np.clip(image, 0, 255).astype(np.uint8)[None], adaptive=False)[0]
-  skin = skin * inside
-  skin = _blur(skin.astype(np.float32), s / 100)
-  base_skin = np.array([226.0, 168.0, 140.0])             # the photo's own skin colour
-  gain = _skin_color(melanin) / base_skin
+  skin = _blur((skin * inside).astype(np.float32), s / 100)
+  gain = _skin_color(melanin) / np.array([226.0, 168.0, 140.0])   # over the photo's own skin
   image = image * (1 + skin[..., None] * (gain - 1))
-  box = np.array([tx - sx * fw / 2, ty - sy * fh / 2, sx * fw, sy * fh], np.float32)
-  side = np.sqrt(box[2] * box[3])
+  heights = _head_height(height, width, center, a, b, rng)
+  shade = _shading(_normals(heights)[None], rest_light, ambient)[0]
+  albedo = image / np.maximum(shade, 0.3)[..., None]
+  side = np.sqrt(sx * fw * sy * fh)
   box = np.array([tx - side / 2, ty - side / 2, side, side], np.float32)
-  return image.astype(np.float32), skin, box
+  return Face(albedo.astype(np.float32), skin, _gloss(skin, center, a, b), heights, box)
 
 
 def _ellipse_map(height, width, center, semi_axes) -> np.ndarray:
@@ -313,13 +446,190 @@ def _ellipse_map(height, width, center, semi_axes) -> np.ndarray:
   return ((x / semi_axes[0]) ** 2 + (y / semi_axes[1]) ** 2 <= 1).astype(np.float32)
 
 
-def _temperature_gain(warmth: float) -> np.ndarray:
-  """Per-channel RGB gain of light from cool (-1) to warm (+1), green fixed."""
-  return np.array([1 + 0.25 * warmth, 1.0, 1 - 0.35 * warmth], np.float32)
+def _temperature_gain(warmth: np.ndarray | float) -> np.ndarray:
+  """Per-channel RGB gain f32[..., 3] of light from cool (-1) to warm (+1), green fixed."""
+  warmth = np.asarray(warmth, np.float64)[..., None]
+  return (1 + warmth * np.array([0.25, 0.0, -0.35])).astype(np.float32)
+
+
+def _light_direction(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
+  """Unit vector f32[3] toward the light (x right, y down, z toward the camera)."""
+  az, el = np.radians(azimuth_deg), np.radians(elevation_deg)
+  return np.array([np.sin(az) * np.cos(el), -np.sin(el), np.cos(az) * np.cos(el)], np.float32)
+
+
+def _shading(normals: np.ndarray, light: np.ndarray, ambient: float) -> np.ndarray:
+  """Lambert shading f32[..., H, W] of unit `normals` f32[..., H, W, 3], 1 where the surface
+  faces the camera."""
+  lit = np.maximum(normals @ light, 0)
+  return (ambient + (1 - ambient) * lit) / (ambient + (1 - ambient) * light[2])
+
+
+class _Scene(NamedTuple):
+  """Light, pose and camera of one video. light f64[T] intensity; color f32[T, 3] the light's
+  RGB gain; direction f32[3] toward the light; pose f64[T, 6] (dx, dy px, scale, yaw, pitch,
+  roll degrees); the rest scalars."""
+  light: np.ndarray
+  color: np.ndarray
+  direction: np.ndarray
+  ambient: float
+  specular: float
+  amplitude: float
+  pose: np.ndarray
+  face_width: float
+  read_noise: float
+  shot_noise: float
+  crf: int | None
+
+
+def _band_series(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
+  """In-band noise f64[n] of unit expected std, the same prefix for any duration."""
+  high = min(BAND[1], 0.45 * fps)
+  sos = scipy_signal.butter(4, (BAND[0], high), btype="bandpass", fs=fps, output="sos")
+  pad = int(4 * fps / BAND[0])
+  impulse = scipy_signal.sosfilt(sos, np.eye(1, 20 * pad)[0])
+  x = scipy_signal.sosfilt(sos, rng.standard_normal(n + pad))[pad:]
+  return x / np.sqrt((impulse ** 2).sum())
+
+
+def _scene(rng: np.random.Generator, d: Domain, t: np.ndarray, fps: float,
+           size: tuple[int, int], face_side: float) -> _Scene:
+  """Samples the light, pose and camera; scalars first, series of length T last."""
+  height, width = size
+  n = t.shape[0]
+  level = rng.uniform(*d.light)
+  drift = rng.uniform(-1, 1) * d.light_drift
+  band, flicker = rng.uniform(*d.light_band), rng.uniform(*d.flicker)
+  flicker_freq, flicker_phase = rng.uniform(9.5, 10.5), rng.uniform(0, 2 * np.pi)
+  warmth, warmth_drift = rng.uniform(*d.temperature), rng.uniform(-1, 1) * d.chroma_drift
+  screen = rng.uniform(*d.screen)
+  direction = _light_direction(rng.uniform(-1, 1) * d.azimuth, rng.uniform(*d.elevation))
+  ambient, specular = rng.uniform(*d.ambient), rng.uniform(*d.specular)
+  amplitude = rng.uniform(*d.amplitude)
+  jitter = rng.uniform(*d.jitter)
+  slow = [_smooth_path(rng, t, d.translation * width), _smooth_path(rng, t, d.translation * height),
+          _smooth_path(rng, t, d.scale)] + [_smooth_path(rng, t, d.rotation) for _ in range(3)]
+  warmth_path = _smooth_path(rng, t, 1.0)
+  face_width = rng.uniform(*d.face_width)
+  read_noise, shot_noise = rng.uniform(*d.read_noise), rng.uniform(*d.shot_noise)
+  crf = (int(rng.integers(d.crf[0], d.crf[1] + 1))
+         if d.crf is not None and rng.uniform() < d.codec_probability else None)
+
+  light = level * (1 + drift * t / max(t[-1], 1)) * (1 + band * _band_series(rng, n, fps))
+  light *= 1 + flicker * np.sin(2 * np.pi * flicker_freq * t + flicker_phase)
+  color = _temperature_gain(warmth + warmth_drift * warmth_path)
+  color *= 1 + screen * np.stack([_band_series(rng, n, fps) for _ in range(3)], -1)
+  rotation = np.stack(slow[3:], -1) + jitter * np.stack(
+      [_band_series(rng, n, fps) for _ in range(3)], -1)           # yaw, pitch, roll
+  # The head turns about the neck, about half a face width behind the face: yaw and pitch
+  # also move the face in the image.
+  pivot = 0.5 * face_side
+  dx = slow[0] + pivot * np.sin(np.radians(rotation[:, 0]))
+  dy = slow[1] - pivot * np.sin(np.radians(rotation[:, 1]))
+  pose = np.stack([dx, dy, 1 + slow[2], rotation[:, 0], rotation[:, 1], rotation[:, 2]], -1)
+  return _Scene(light, color.astype(np.float32), direction, ambient, specular, amplitude, pose,
+                face_width, read_noise, shot_noise, crf)
+
+
+def _rotations(pose: np.ndarray) -> np.ndarray:
+  """f32[T, 3, 3] rotations of the surface normals for pose f64[T, 6]: roll (as the image
+  warp turns the face), then yaw about the vertical axis, then pitch."""
+  yaw, pitch, roll = (np.radians(pose[:, i]) for i in (3, 4, 5))
+  zero, one = np.zeros_like(yaw), np.ones_like(yaw)
+  rz = np.stack([np.cos(roll), np.sin(roll), zero, -np.sin(roll), np.cos(roll), zero,
+                 zero, zero, one], -1).reshape(-1, 3, 3)
+  ry = np.stack([np.cos(yaw), zero, np.sin(yaw), zero, one, zero,
+                 -np.sin(yaw), zero, np.cos(yaw)], -1).reshape(-1, 3, 3)
+  rx = np.stack([one, zero, zero, zero, np.cos(pitch), -np.sin(pitch),
+                 zero, np.sin(pitch), np.cos(pitch)], -1).reshape(-1, 3, 3)
+  return (rx @ ry @ rz).astype(np.float32)
+
+
+def _posed_maps(surface: np.ndarray, material: np.ndarray, pose: np.ndarray, center
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The face's maps moved to each pose: surface f32[H, W, 4] (albedo RGB, pulse weight) and
+  material f32[H, W, 4] (normal xyz, gloss) -> f32[C, H, W, 4] each, normals rotated."""
+  height, width = surface.shape[:2]
+  if not np.any(pose[:, [0, 1, 3, 4, 5]]) and np.all(pose[:, 2] == 1):
+    c = len(pose)
+    return np.broadcast_to(surface, (c,) + surface.shape), np.broadcast_to(
+        material, (c,) + material.shape)
+  surfaces = np.empty((len(pose),) + surface.shape, np.float32)
+  materials = np.empty_like(surfaces)
+  for i, (dx, dy, scale, _, _, roll) in enumerate(pose):
+    m = cv2.getRotationMatrix2D(center, float(roll), float(scale))
+    m[:, 2] += (dx, dy)
+    for src, dst in ((surface, surfaces), (material, materials)):
+      cv2.warpAffine(src, m, (width, height), dst=dst[i], flags=cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT101)
+  normals = np.einsum("chwj,cij->chwi", materials[..., :3], _rotations(pose))
+  normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+  materials[..., :3] = normals
+  return surfaces, materials
+
+
+def _render(surfaces: np.ndarray, materials: np.ndarray, scene: _Scene, pulse: np.ndarray,
+            k: slice) -> np.ndarray:
+  """Light on the posed face: f32[C, H, W, 3] in DN for frames k, before the camera.
+
+  Diffuse (albedo darkened along PBV by the pulse, Lambert-shaded) plus specular (Blinn-Phong
+  in the light's colour), both times the light's intensity and colour."""
+  normals, gloss = materials[..., :3], materials[..., 3]
+  half = scene.direction + np.array([0, 0, 1], np.float32)
+  half /= np.linalg.norm(half)
+  shade = _shading(normals, scene.direction, scene.ambient)
+  spec = scene.specular * 255.0 * gloss * np.maximum(normals @ half, 0) ** SHININESS
+  absorb = (scene.amplitude * PBV / PBV[1]).astype(np.float32)
+  diffuse = 1 - pulse[k, None, None, None] * (surfaces[..., 3:] * absorb)
+  diffuse *= surfaces[..., :3]
+  diffuse *= shade[..., None]
+  diffuse += spec[..., None]
+  diffuse *= (scene.light[k, None] * scene.color[k]).astype(np.float32)[:, None, None, :]
+  return diffuse
+
+
+def _camera(images: np.ndarray, scene: _Scene, bin_factor: float,
+            rng: np.random.Generator) -> np.ndarray:
+  """Sensor noise (shot + read per sensor pixel, averaged over bin_factor^2 of them) and 8-bit
+  quantisation: f32[C, H, W, 3] DN -> uint8[C, H, W, 3]."""
+  if scene.read_noise or scene.shot_noise:
+    std = np.maximum(images, 0)                            # shot noise variance ~ signal
+    std *= scene.shot_noise
+    std += scene.read_noise ** 2
+    np.sqrt(std, out=std)
+    std *= rng.standard_normal(images.shape, dtype=np.float32) / bin_factor
+    images += std
+  np.rint(images, out=images)
+  np.clip(images, 0, 255, out=images)
+  return images.astype(np.uint8)
+
+
+def h264_round_trip(frames: np.ndarray, fps: float, crf: int) -> np.ndarray:
+  """Encodes uint8[T, H, W, 3] RGB with libx264 (CRF `crf`, yuv420p, or yuv444p for odd
+  sizes) in memory and decodes it again: what a camera's or a phone's codec leaves."""
+  t, height, width, _ = frames.shape
+  buffer = io.BytesIO()
+  with av.open(buffer, mode="w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+    stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1",
+                      "x264-params": X264_PARAMS}
+    for frame in frames:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())
+  buffer.seek(0)
+  out = np.empty_like(frames)
+  with av.open(buffer, mode="r") as container:
+    for i, frame in enumerate(container.decode(video=0)):
+      out[i] = frame.to_ndarray(format="rgb24")
+  if i + 1 != t:
+    raise RuntimeError(f"h264 round trip returned {i + 1} frames for {t}")
+  return out
 
 
 def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str = "source",
-                   size: tuple[int, int] = (128, 128), chunk: int = 256) -> SyntheticVideo:
+                   size: tuple[int, int] = (128, 128), chunk: int = 128) -> SyntheticVideo:
   """Generates one synthetic face video with its ground truth.
 
   Args:
@@ -328,7 +638,7 @@ def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str 
     fps: frame rate.
     domain: a key of `DOMAINS`.
     size: (H, W) of the frames.
-    chunk: frames rendered at once (bounds memory: chunk * H * W * 3 float32).
+    chunk: frames rendered at once (bounds memory: ~4 chunk * H * W * 4 float32).
 
   Returns:
     SyntheticVideo.
@@ -340,73 +650,42 @@ def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str 
   if n < 1:
     raise ValueError(f"seconds * fps must give at least one frame, got {seconds} * {fps}")
   t = np.arange(n, dtype=np.float64) / fps
-  ppg, hr = pulse_signal(rng_pulse, t, d.hr)
+  pulse = pulse_signal(rng_pulse, t, d.hr)
 
-  # Face and nuisances from their own stream, scalars only: the same for any duration.
+  # Face and scene from their own stream: the same scalars for any duration.
   melanin = rng.uniform(*d.melanin)
-  if rng.uniform() < d.photo:
-    base, skin, box = _photo_face(rng, height, width, melanin)
-  else:
-    base, skin, box = _rendered_face(rng, height, width, melanin)
+  photo = rng.uniform() < d.photo
+  face_draw = np.random.default_rng(rng.integers(2 ** 63))
+  scene_draw = np.random.default_rng(rng.integers(2 ** 63))
+  face_side = 0.42 * min(size)
+  scene = _scene(scene_draw, d, t, fps, size, face_side)
+  face = (_photo_face(face_draw, height, width, melanin, scene.direction, scene.ambient)
+          if photo else _rendered_face(face_draw, height, width, melanin))
   # Perfusion varies over the face (forehead and cheeks strongest): a smooth map 0.5..1.5.
-  perfusion = _blur(rng.standard_normal((height, width)).astype(np.float32), min(size) / 12)
+  perfusion = _blur(face_draw.standard_normal((height, width)).astype(np.float32),
+                    min(size) / 12)
   perfusion = 1 + 0.5 * np.tanh(perfusion / max(perfusion.std(), 1e-6))
-  # Camera optics: a point spread of ~1 pixel. It also keeps the image band-limited, so that
-  # the sub-pixel warps of head motion do not change the local sharpness from frame to frame
-  # (which would leak into the skin colour at the speed of the motion).
-  base = _blur(base, OPTICAL_BLUR)
-  amplitude = rng.uniform(*d.amplitude)
-  pulse_map = base * (skin * perfusion)[..., None] * (PBV / PBV[1]) * amplitude   # [H, W, 3]
-  pulse = ppg - ppg.mean()
+  # Camera optics: a point spread of ~1 pixel. It also keeps the maps band-limited, so that
+  # the sub-pixel warps of head motion do not change the local sharpness from frame to frame.
+  surface = _blur(np.dstack([face.albedo, face.skin * perfusion]), OPTICAL_BLUR)
+  material = np.dstack([_normals(face.height), face.gloss]).astype(np.float32)
+  relative = (pulse.ppg - pulse.ppg.mean()).astype(np.float32)
+  center = (float(face.box[0] + face.box[2] / 2), float(face.box[1] + face.box[3] / 2))
+  bin_factor = max(scene.face_width / float(face.box[2]), 1.0)
 
-  light = rng.uniform(*d.light) * (1 + rng.uniform(-1, 1) * d.light_drift * t / max(t[-1], 1))
-  flicker_freq = rng.choice([rng.uniform(9.5, 10.5), rng.uniform(0.02, 0.3)])
-  light = light * (1 + rng.uniform(*d.flicker) * np.sin(
-      2 * np.pi * flicker_freq * t + rng.uniform(0, 6.3)))
-  tint = _temperature_gain(rng.uniform(*d.temperature))
-  dx = _smooth_path(rng, t, d.translation * width)
-  dy = _smooth_path(rng, t, d.translation * height)
-  angle = _smooth_path(rng, t, d.rotation)
-  scale = 1 + _smooth_path(rng, t, d.scale)
-  read_noise = rng.uniform(*d.read_noise)
-  shot_noise = rng.uniform(*d.shot_noise)
-  quality = (int(rng.integers(d.jpeg[0], d.jpeg[1] + 1))
-             if d.jpeg is not None and rng.uniform() < d.jpeg_probability else None)
-
-  center = (box[0] + box[2] / 2, box[1] + box[3] / 2)
   frames = np.empty((n, height, width, 3), np.uint8)
-  boxes = np.empty((n, 4), np.float32)
-  moving = bool(d.translation or d.rotation or d.scale)
   for start in range(0, n, chunk):
-    stop = min(start + chunk, n)
-    k = slice(start, stop)
-    images = np.multiply.outer(-pulse[k], pulse_map)         # f32[chunk, H, W, 3], in place
-    images += base
-    if moving:
-      for i in range(stop - start):
-        m = cv2.getRotationMatrix2D(center, float(angle[start + i]), float(scale[start + i]))
-        m[:, 2] += (dx[start + i], dy[start + i])
-        images[i] = cv2.warpAffine(images[i], m, (width, height), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REFLECT101)
-    images *= (light[k, None, None, None] * tint).astype(np.float32)
-    if read_noise or shot_noise:
-      std = np.maximum(images, 0)                          # shot noise variance ~ signal
-      std *= shot_noise
-      std += read_noise ** 2
-      np.sqrt(std, out=std)
-      std *= rng_noise.standard_normal(images.shape, dtype=np.float32)
-      images += std
-    np.rint(images, out=images)
-    np.clip(images, 0, 255, out=images)
-    frames[k] = images
-    if quality is not None:
-      for i in range(start, stop):
-        _, buf = cv2.imencode(".jpg", frames[i, ..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        frames[i] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
-    side = box[2] * scale[k]
-    boxes[k] = np.stack([center[0] + dx[k] - side / 2, center[1] + dy[k] - side / 2,
-                         side, side], axis=1)
-  return SyntheticVideo(frames, ppg, hr, float(fps), boxes)
+    k = slice(start, min(start + chunk, n))
+    surfaces, materials = _posed_maps(surface, material, scene.pose[k], center)
+    frames[k] = _camera(_render(surfaces, materials, scene, relative, k), scene, bin_factor,
+                        rng_noise)
+  if scene.crf is not None:
+    frames = h264_round_trip(frames, fps, scene.crf)
+  dx, dy, scale = scene.pose[:, 0], scene.pose[:, 1], scene.pose[:, 2]
+  side = face.box[2] * scale
+  boxes = np.stack([center[0] + dx - side / 2, center[1] + dy - side / 2, side, side],
+                   axis=1).astype(np.float32)
+  return SyntheticVideo(frames, pulse.ppg, pulse.hr, float(fps), boxes, pulse.beats)
 
 
 def generate_face_crops(seed: int, *, seconds: float, fps: float = 30.0,
@@ -478,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--height", type=int, default=128)
   parser.add_argument("--width", type=int, default=128)
   parser.add_argument("--codec", default="ffv1", choices=["ffv1", "rawvideo", "mjpeg"],
-                      help="ffv1/rawvideo store the frames exactly; mjpeg adds compression")
+                      help="ffv1/rawvideo store the frames exactly (the domain's own H.264, "
+                      "if any, is already applied); mjpeg adds compression")
   args = parser.parse_args(argv)
   if args.num_videos < 1 or args.seconds <= 0 or args.fps <= 0:
     parser.error("--num_videos, --seconds and --fps must be positive")

@@ -18,6 +18,7 @@ import functools
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from metarppg_jax.data import synthetic
 from metarppg_jax.data.builders import base
@@ -42,6 +43,12 @@ class SyntheticConfig(base.RppgConfig):
 class SyntheticRppg(base.RppgBuilder):
   """Synthetic face videos with a known pulse: source domain for training, shifted for test."""
 
+  # 2.0.0: the generator renders 3-D faces lit after the pose, with specular reflection,
+  # in-band light and H.264 (a dataset built by 1.x must not be reused).
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {**base.RppgBuilder.RELEASE_NOTES,
+                   "2.0.0": "Physically based generator: shading, specular, in-band light and "
+                            "motion, H.264; source/shifted recalibrated."}
   USES_MANUAL_DIR = False
   MANUAL_DOWNLOAD_INSTRUCTIONS = "none: the videos are generated"
   BUILDER_CONFIGS = [
