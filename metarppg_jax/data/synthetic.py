@@ -315,7 +315,7 @@ def _head_height(height: int, width: int, center, a: float, b: float, rng: np.ra
   x = (np.arange(width, dtype=np.float32)[None, :] - cx) / (1.08 * a)
   depth = a * rng.uniform(0.8, 1.0)
   head = depth * np.sqrt(np.clip(1 - x * x - y * y, 0, None))
-  nose = 0.3 * a * _gauss2d(height, width, (cx, cy + 0.05 * b), (0.1 * a, 0.25 * b))
+  nose = 0.25 * a * _gauss2d(height, width, (cx, cy + 0.05 * b), (0.14 * a, 0.28 * b))
   brow = 0.08 * a * _gauss2d(height, width, (cx, cy - 0.3 * b), (0.6 * a, 0.06 * b))
   cheeks = sum(0.1 * a * _gauss2d(height, width, (cx + s * 0.45 * a, cy + 0.1 * b),
                                    (0.25 * a, 0.2 * b)) for s in (-1, 1))
@@ -562,8 +562,12 @@ def _posed_maps(surface: np.ndarray, material: np.ndarray, pose: np.ndarray, cen
     for src, dst in ((surface, surfaces), (material, materials)):
       cv2.warpAffine(src, m, (width, height), dst=dst[i], flags=cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REFLECT101)
-  normals = np.einsum("chwj,cij->chwi", materials[..., :3], _rotations(pose))
-  normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+  rotations = _rotations(pose)[:, None, None]                  # [C, 1, 1, 3, 3]
+  normals = materials[..., 0:1] * rotations[..., 0]            # R @ n, one column at a time
+  normals += materials[..., 1:2] * rotations[..., 1]
+  normals += materials[..., 2:3] * rotations[..., 2]
+  # Interpolated unit vectors are a little short: back to unit length.
+  normals /= np.maximum(np.sqrt((normals * normals).sum(-1, keepdims=True)), 1e-6)
   materials[..., :3] = normals
   return surfaces, materials
 
