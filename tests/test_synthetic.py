@@ -80,15 +80,27 @@ def test_pulse_signal_is_physiological():
 
 
 def test_pulse_colour_direction():
+  # The relative colour change per ppg unit of the skin (a box on the cheeks and nose of the
+  # still clean face) is along PBV: more blood, darker skin. The clean domain has no noise to
+  # dither the 8-bit rounding of a ~1 DN pulse, so one face can be 20 % off: a median of four.
+  ratios = []
+  for seed in range(4):
+    v = synthetic.generate_video(seed, seconds=10.0, domain="clean")
+    ppg = v.ppg - v.ppg.mean()
+    x, y, w, h = v.face_box[0]
+    rgb = v.frames[:, int(y + 0.48 * h):int(y + 0.7 * h),
+                   int(x + 0.22 * w):int(x + 0.78 * w)].mean((1, 2))
+    coef = ppg @ (rgb / rgb.mean(0) - 1) / (ppg ** 2).sum()
+    assert np.all(coef < 0), (seed, coef)
+    ratios.append(coef / coef[1])
+  np.testing.assert_allclose(np.median(ratios, axis=0), synthetic.PBV / synthetic.PBV[1],
+                             rtol=0.1)
+  # Through the project's crops and skin mask: the skin darkens by 0.1..1 % (green).
   v, fc = synthetic.generate_face_crops(1, seconds=10.0, domain="clean")
-  rgb = preprocess.masked_rgb_means(fc.crops, fc.masks).astype(np.float64)
-  rel = rgb / rgb.mean(0) - 1
   ppg = v.ppg - v.ppg.mean()
-  coef = (rel * ppg[:, None]).sum(0) / (ppg ** 2).sum()     # relative change per ppg unit
-  assert np.all(coef < 0)                                    # more blood, darker skin
-  np.testing.assert_allclose(coef / coef[1], synthetic.PBV / synthetic.PBV[1], rtol=0.2)
-  amplitude = -coef[1] * np.ptp(v.ppg)
-  assert 0.001 < amplitude < 0.012                           # 0.1..1 % of skin intensity
+  rgb = preprocess.masked_rgb_means(fc.crops, fc.masks).astype(np.float64)
+  green = (rgb[:, 1] / rgb[:, 1].mean() - 1) @ ppg / (ppg ** 2).sum()
+  assert 0.001 < -green * np.ptp(v.ppg) < 0.012
 
 
 def _pos(rgb: np.ndarray, fps: float) -> np.ndarray:
