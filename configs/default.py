@@ -18,8 +18,6 @@ def get_config() -> ml_collections.ConfigDict:
   # --- model -------------------------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
   config.model.ordinal_head = "sound"   # sound (log-sigmoid) | reference (the original's clamp)
-  config.model.num_levels = 40
-  config.model.features = 120
   config.model.dtype = "float32"
 
   # --- meta-learning -----------------------------------------------------------------------

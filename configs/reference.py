@@ -1,6 +1,6 @@
 """The original release's behaviour, quirks included (the parity and reproduction config).
 
-Everything MODEL_SPEC describes as "the original": the clamped ordinal head, the effective
+Everything the original release does, as it does it: the clamped ordinal head, the effective
 normalisation, the supervised theta step in the adaptation phase, the LSTM state carried through
 every estimator call, the transductive test inside each outer iteration (it moves psi's batch
 statistics), psi run by the prototype update, (h, c) used as stored (so queries = tasks), no

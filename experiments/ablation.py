@@ -18,7 +18,6 @@ ablation.md into WORKDIR and, with --results DIR, into DIR (the files the README
 """
 
 import copy
-import importlib.util
 import json
 import math
 import pathlib
@@ -47,10 +46,7 @@ def overrides(variant: str) -> dict:
   path = CONFIGS / f"ablation_{variant}.py"
   if variant not in VARIANTS or not path.is_file():
     raise configuration.ConfigError(f"unknown ablation {variant!r}; choose from {VARIANTS}")
-  spec = importlib.util.spec_from_file_location(f"ablation_{variant}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return dict(module.OVERRIDES)
+  return configuration.overrides_of(path)
 
 
 def variant_config(base, variant: str, workdir: pathlib.Path):

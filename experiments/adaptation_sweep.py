@@ -22,6 +22,7 @@ from metarppg_jax import checkpoints
 from metarppg_jax import configuration
 from metarppg_jax import evaluate
 from metarppg_jax import metrics
+from metarppg_jax.data import splits
 from metarppg_jax.errors import MetaRPPGError
 
 
@@ -46,8 +47,8 @@ def _restore(config, workdir: str):
 def sweep(workdir: str, split: str, adapt_lrs: list[float], fewshots: list[int]) -> dict:
   """{"rows": [{adapt_lr, fewshots, mae_adapted, mae_not_adapted, paired}], ...}."""
   base = configuration.read(workdir)
-  sources = evaluate.load_splits(base, workdir)
-  source = evaluate.split_source(base, sources, split)
+  sources = splits.load(base, workdir)
+  source = splits.source(base, sources, split)
   state = _restore(base, workdir)
   rows = []
   for shots in fewshots:

@@ -1,10 +1,10 @@
-r"""Speed of the method on this machine: the figures issue 3 (and later issues) ask for.
+r"""Speed of the method on this machine: the figures of the README's speed sections.
 
     python experiments/benchmark.py [--json PATH] [--sections outer_step,eval,matmul]
         [--config configs/reference.py] [--tasks 3 --size 64 --fewshots 1 --repeats 7]
 
 Each section is one function `bench_<name>(args, out)` writing figures into one dict, keys
-with their unit (DESIGN.md): outer_step_median_s, outer_step_spread_s (interquartile range),
+with their unit: outer_step_median_s, outer_step_spread_s (interquartile range),
 compile_s, eval_frames_per_s (one video's transductive test, frames counted over its query
 frames), eval_batch_frames_per_s (a vmapped batch of videos), gflops_per_s (XLA's FLOP count
 of the compiled outer step / its median time), matmul_peak_gflops_per_s (a jitted float32
@@ -15,7 +15,7 @@ scaling_<d>dev_outer_step_median_s, scaling_<d>dev_tasks_per_s,
 scaling_<d>dev_ring_bytes_per_device_per_step, scaling_allreduce_bytes_per_step. Defaults: the
 reference config, 3 tasks x 60 frames x 64x64, fewshots 1, as the original's defaults.
 
-The original PyTorch release on this 2-core CPU (issue 3, machine otherwise idle): a median
+The original PyTorch release on this 2-core CPU (machine otherwise idle): a median
 2.4-2.5 s per outer iteration; one transductive test (1 support + 3 query windows) 0.38-0.40 s,
 i.e. 180 query frames / 0.39 s = 460 frames/s. `outer_step_vs_original` and
 `eval_vs_original` are the ratios to those figures (goal: <= 0.8 and >= 2). The machine is
@@ -23,7 +23,6 @@ shared: compare figures from one run, and re-run when it is quiet.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -31,25 +30,23 @@ import statistics
 import sys
 import time
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarppg_jax import configuration
 from metarppg_jax import hparams
 from metarppg_jax import inference
 from metarppg_jax import meta
 from metarppg_jax import state as state_lib
+from metarppg_jax.data import build
+from metarppg_jax.data import input_pipeline
 
 ORIGINAL_OUTER_STEP_S = 2.45
 ORIGINAL_EVAL_FRAMES_PER_S = 180 / 0.39
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def _timed(fn, repeats):
@@ -104,9 +101,7 @@ def _clips(key, shape):
 
 
 def _config(args):
-  config = load_config(args.config)
-  config.meta.fewshots = args.fewshots
-  return config
+  return configuration.from_file(args.config, {"meta.fewshots": args.fewshots})
 
 
 def bench_matmul(args, out):
@@ -156,7 +151,7 @@ def bench_eval(args, out):
 
 
 # --------------------------------------------------------------------------------------------
-# Scaling out (issue 6): the sharded outer step on 1, 2, 4, ... devices.
+# Scaling out: the sharded outer step on 1, 2, 4, ... devices.
 # --------------------------------------------------------------------------------------------
 
 def _tree_bytes(tree):
@@ -239,18 +234,58 @@ def bench_scaling(args, out):
   out["scaling_allreduce_bytes_per_step"] = rows[0]["allreduce_bytes_per_step"]
 
 
+def benchmark_build(name: str, *, manual_dir: str, data_dir: str,
+                    config: Optional[str] = None) -> dict:
+  """Build throughput of a real-format dataset, decode and face detection included (e.g.
+  synthetic videos written in the UBFC layout by `python -m metarppg_jax.data.synthetic`, built
+  with ubfc_rppg).
+
+  Returns:
+    {"build_frames_per_s": stored frames / wall s, "build_cpu_s_per_frame": process CPU s a
+     stored frame, "build_frames": count, "build_s": wall s}.
+  """
+  wall, cpu = time.perf_counter(), time.process_time()
+  builder = build.build_dataset(name, data_dir=data_dir, manual_dir=manual_dir, config=config,
+                                overwrite=True)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  sources = builder.as_data_source()
+  frames = sum(int(src[i]["num_frames"]) for src in sources.values() for i in range(len(src)))
+  return {"build_frames_per_s": frames / wall, "build_cpu_s_per_frame": cpu / max(frames, 1),
+          "build_frames": frames, "build_s": wall}
+
+
+def benchmark_pipeline(config, source, *, num_batches: int = 20,
+                       read_threads: Optional[int] = None) -> dict:
+  """Training-pipeline throughput on this machine.
+
+  Returns:
+    {"pipeline_clips_per_s": windows a second (tasks x K), "pipeline_cpu_s_per_clip": process
+     CPU time a window (all threads), "pipeline_startup_s": to the first batch}.
+  """
+  start = time.perf_counter()
+  it = input_pipeline.train_iterator(config, source, read_threads=read_threads)
+  batch = next(it)
+  startup = time.perf_counter() - start
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(num_batches):
+    batch = next(it)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  clips = num_batches * batch["x"].shape[0] * batch["x"].shape[1]
+  return {"pipeline_clips_per_s": clips / wall, "pipeline_cpu_s_per_clip": cpu / clips,
+          "pipeline_startup_s": startup}
+
+
 def bench_data(args, out):
-  """The data side (issue 4): synthetic generation per video minute, and the training
+  """The data side: synthetic generation per video minute, and the training
   pipeline's clips/s on the built synthetic `small` dataset (built into --data_dir on first
   use), against what the outer step consumes."""
   import tempfile  # pylint: disable=g-import-not-at-top
-  from metarppg_jax import configuration  # pylint: disable=g-import-not-at-top
-  from metarppg_jax.data import build, input_pipeline, synthetic  # pylint: disable=g-import-not-at-top
+  from metarppg_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   out.update(synthetic.benchmark_generation(seconds=60.0, domain="shifted", repeats=2))
   config = configuration.from_file(os.path.join(REPO, "configs", "default.py"))
   data_dir = args.data_dir or tempfile.mkdtemp(prefix="metarppg_bench_data_")
   source = build.load_dataset(config.data.dataset, data_dir, config.data.builder_config)
-  out.update(input_pipeline.benchmark_pipeline(config, source["train"], num_batches=20))
+  out.update(benchmark_pipeline(config, source["train"], num_batches=20))
   if "outer_step_median_s" in out:  # windows a step: tasks x 3
     out["pipeline_margin_over_training"] = (
         out["pipeline_clips_per_s"] * out["outer_step_median_s"] / (3 * args.tasks))

@@ -61,7 +61,6 @@ def checkpoint_dir(workdir: str | os.PathLike, which: str = LATEST) -> pathlib.P
 
 def _manager(directory: pathlib.Path, *, max_to_keep: int, async_save: bool, best: bool,
              read_only: bool = False) -> ocp.CheckpointManager:
-  # A reader keeps everything (nothing to delete) and creates nothing.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep,
       enable_async_checkpointing=async_save,
@@ -69,6 +68,7 @@ def _manager(directory: pathlib.Path, *, max_to_keep: int, async_save: bool, bes
       best_mode="min",
       keep_checkpoints_without_metrics=False,
       create=not read_only,
+      read_only=read_only,  # a reader deletes, creates and writes nothing
   )
   handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
               "info": ocp.JsonCheckpointHandler()}
@@ -323,7 +323,7 @@ def target_state(config) -> PyTree:
   """A freshly initialised TrainState of `config`: what checkpoints are restored onto."""
   from metarppg_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   return state_lib.create_train_state(config, jax.random.PRNGKey(config.seed),
-                                 num_tasks=config.data.tasks_per_batch)
+                                      num_tasks=config.data.tasks_per_batch)
 
 
 # --------------------------------------------------------------------------------------------

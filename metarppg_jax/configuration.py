@@ -19,13 +19,13 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from metarppg_jax.data.preprocess import WINDOW  # data.window must be it
 from metarppg_jax.errors import ConfigError
 
 METHODS = ("meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica", "lgi", "pbv", "omit")
 CLASSICAL_METHODS = ("green", "chrom", "pos", "ica", "lgi", "pbv", "omit")
 LEARNED_METHODS = ("meta_rppg", "no_adaptation")
 CONFIG_FILE = "config.json"
-WINDOW = 60  # frames a window: psi's channels are the 60 time steps (MODEL_SPEC)
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,8 +78,6 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "log_every_steps": (int, _AT_LEAST_1),
     # model
     "model.ordinal_head": (str, _one_of("sound", "reference")),
-    "model.num_levels": (int, _equals(40, "the ordinal head has 40 levels")),
-    "model.features": (int, _equals(120, "the extractor's output width")),
     "model.dtype": (str, _one_of("float32", "float64")),
     # meta-learning
     "meta.adapt_position": (str, _one_of("extractor", "estimator", "both")),
@@ -233,21 +231,37 @@ def check_against_data(config: ml_collections.ConfigDict, *, split: str, num_fra
 # Files.
 # --------------------------------------------------------------------------------------------
 
-def _get_config(path: pathlib.Path) -> ml_collections.ConfigDict:
-  """A config file's `get_config()` (loaded by path, ml_collections style), not validated."""
+def _config_attribute(path: pathlib.Path, name: str) -> Any:
+  """Attribute `name` of a config file loaded by path (ml_collections style): a config file is
+  user code, so any failure is a ConfigError naming the file."""
   if not path.is_file():
     raise ConfigError(f"{path}: config file not found")
   spec = importlib.util.spec_from_file_location(f"_metarppg_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-      raise ConfigError(f"{path}: a config file must define get_config()")
-    return module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{path}: could not load the config file: {type(e).__name__}: {e}") from e
+  if not hasattr(module, name):
+    raise ConfigError(f"{path}: a config file here must define {name}")
+  return getattr(module, name)
+
+
+def _get_config(path: pathlib.Path) -> ml_collections.ConfigDict:
+  """A config file's `get_config()`, not validated."""
+  get_config = _config_attribute(path, "get_config")
+  try:
+    return get_config()
   except ConfigError:
     raise
   except Exception as e:  # a config file is user code: report where it failed
     raise ConfigError(f"{path}: could not load the config file: {type(e).__name__}: {e}") from e
+
+
+def overrides_of(path: str | os.PathLike) -> dict[str, Any]:
+  """The `OVERRIDES` dict of a derived config file (e.g. configs/ablation_*.py): what it
+  changes in the config it is `based_on`."""
+  return dict(_config_attribute(pathlib.Path(path), "OVERRIDES"))
 
 
 def from_file(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None

@@ -36,12 +36,10 @@ adaptation).
 """
 
 import functools
-import json
 import os
 import pathlib
 from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -51,19 +49,20 @@ import tqdm
 from metarppg_jax import baselines
 from metarppg_jax import checkpoints
 from metarppg_jax import configuration
+from metarppg_jax import console
 from metarppg_jax import heart_rate
+from metarppg_jax import history as history_lib
 from metarppg_jax import inference
 from metarppg_jax import metrics as metrics_lib
 from metarppg_jax import reports
 from metarppg_jax import sharding
-from metarppg_jax.data import build
 from metarppg_jax.data import input_pipeline
-from metarppg_jax.errors import ConfigError, DataError
+from metarppg_jax.data import splits
+from metarppg_jax.errors import DataError
 from metarppg_jax.state import TrainState
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
-HISTORY_FILE = "history.json"
 VIDEOS_PER_CALL = 2     # videos a jitted evaluation call adapts at once (bounds memory)
 HEATMAP_VIDEOS = 1
 HEATMAP_WINDOWS = 2     # query windows animated (4 s)
@@ -82,12 +81,13 @@ class EvalData(NamedTuple):
 
   x: f32[V, S + Q, T, 64, 64, 3] normalised crops (the models' input); ppg, hr: f32[V, Q T]
   ground truth over the query frames; rgb: f32[V, Q T, 3] masked mean colour of the query
-  frames (the classical methods' input); fps; video_ids [V]; split; domain (of video 0).
+  frames (the classical methods' input; None when not loaded); fps; video_ids [V]; split;
+  domain (of video 0).
   """
   x: np.ndarray
   ppg: np.ndarray
   hr: np.ndarray
-  rgb: np.ndarray
+  rgb: np.ndarray | None
   fps: float
   video_ids: list
   split: str
@@ -98,31 +98,13 @@ class EvalData(NamedTuple):
 # Data.
 # --------------------------------------------------------------------------------------------
 
-def data_dir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
-  """Where datasets are built: config.data.data_dir, else WORKDIR/data."""
-  return config.data.data_dir or os.path.join(os.fspath(workdir), "data")
-
-
-def load_splits(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """{split: data source} of the configured dataset (the synthetic one is built on first use)."""
-  return build.load_dataset(config.data.dataset, data_dir(config, workdir),
-                            config.data.builder_config or None,
-                            manual_dir=config.data.manual_dir or None)
-
-
-def split_source(config: ml_collections.ConfigDict, sources: dict, split: str):
-  if split not in sources:
-    raise ConfigError(
-        f"dataset {config.data.dataset} has no split {split!r} (it has {sorted(sources)}); set "
-        "--config.data.train_split / --config.data.eval_split")
-  return sources[split]
-
-
-def load_eval_data(config: ml_collections.ConfigDict, source, split: str) -> EvalData:
-  """The support and query windows of every video of `source` (EvalData)."""
+def load_eval_data(config: ml_collections.ConfigDict, source, split: str, *,
+                   rgb: bool = True) -> EvalData:
+  """The support and query windows of every video of `source` (EvalData); rgb=False leaves
+  out the classical methods' colour traces (EvalData.rgb None), which validation never uses."""
   s, q, t = config.meta.fewshots, config.eval.queries, config.data.window
   videos = list(input_pipeline.eval_videos(source, window=t, num_windows=s + q,
-                                           normalization=config.data.normalization))
+                                           normalization=config.data.normalization, rgb=rgb))
   if not videos:
     raise DataError(f"{config.data.dataset} split {split!r} has no video with a full window")
   shortest = min(v["x"].shape[0] for v in videos)
@@ -137,7 +119,8 @@ def load_eval_data(config: ml_collections.ConfigDict, source, split: str) -> Eva
   hr = query(stack("hr")).astype(np.float32)
   no_hr = ~np.array([v["has_hr"] for v in videos])
   hr[no_hr] = np.nan  # filled from the PPG per HR window (`true_hr`)
-  return EvalData(x=stack("x"), ppg=query(stack("ppg")), hr=hr, rgb=query(stack("rgb")),
+  return EvalData(x=stack("x"), ppg=query(stack("ppg")), hr=hr,
+                  rgb=query(stack("rgb")) if rgb else None,
                   fps=float(videos[0]["fps"]), video_ids=[v["video_id"] for v in videos],
                   split=split, domain=videos[0]["domain"])
 
@@ -150,9 +133,10 @@ def model_signal(config: ml_collections.ConfigDict, state: TrainState, x: np.nda
                  adapt: bool, mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
   """Expected ordinal level per query frame: x f32[V, S + Q, T, H, W, C] -> f32[V, Q T].
 
-  Videos go through `inference.evaluate_videos` VIDEOS_PER_CALL per device at a time, split over
-  the mesh's devices (`sharding.make_mesh(config)` unless given; each video adapts alone, so
-  grouping changes nothing but memory); the last group is padded to keep one compiled shape.
+  Videos go through `sharding.sharded_evaluate` VIDEOS_PER_CALL per device at a time,
+  split over the mesh's devices (`sharding.make_mesh(config)` unless given; each video adapts
+  alone, so grouping changes nothing but memory); the last group is padded to keep one
+  compiled shape.
   """
   mesh = sharding.make_mesh(config) if mesh is None else mesh
   devices = mesh.shape[sharding.DATA]
@@ -161,12 +145,9 @@ def model_signal(config: ml_collections.ConfigDict, state: TrainState, x: np.nda
   pad = (-v) % chunk
   xs = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
   state = sharding.shard_train_state(state, mesh)
-  outs = []
-  for i in range(0, xs.shape[0], chunk):
-    videos = sharding.shard_host_batch(xs[i:i + chunk], mesh)
-    out = inference.evaluate_videos(config, state, videos, adapt=adapt)
-    outs.append(sharding.to_host(out["expected_level"]))
-  level = np.concatenate(outs)[:v]
+  run = sharding.sharded_evaluate(config, mesh, adapt=adapt)
+  level = np.concatenate([run(state, xs[i:i + chunk])["expected_level"]
+                          for i in range(0, xs.shape[0], chunk)])[:v]
   return level.reshape(v, -1).astype(np.float32)
 
 
@@ -216,10 +197,10 @@ def score(config, sig: np.ndarray, truth: np.ndarray, data: EvalData) -> dict[st
   return out
 
 
-def validation_mae(config: ml_collections.ConfigDict, state: TrainState, source, *,
+def validation_mae(config: ml_collections.ConfigDict, state: TrainState, data: EvalData, *,
                    mesh: jax.sharding.Mesh | None = None) -> float:
-  """Meta-rPPG's per-window MAE (bpm) on a split: what picks the best checkpoint."""
-  data = load_eval_data(config, source, "validation")
+  """Meta-rPPG's per-window MAE (bpm) on a split's `load_eval_data`: what picks the best
+  checkpoint."""
   sig = model_signal(config, state, data.x, adapt=True, mesh=mesh)
   return float(score(config, sig, true_hr(config, data), data)["mae"])
 
@@ -353,22 +334,6 @@ def _notes(config, results: dict, data: EvalData, checkpoint: str | None) -> lis
   return notes
 
 
-def _training_history(workdir: pathlib.Path) -> dict | None:
-  path = workdir / HISTORY_FILE
-  if not path.is_file():
-    return None
-  try:
-    history = json.loads(path.read_text())
-  except json.JSONDecodeError:
-    return None
-  series = {}
-  for name in ("loss", "ordloss", "fewloss", "gradloss", "lr", "val_mae"):
-    points = [(h["step"], h[name]) for h in history if name in h and h[name] is not None]
-    if points:
-      series[name] = points
-  return series or None
-
-
 def _plots(config, workdir: pathlib.Path, data: EvalData, sigs: dict, results: dict
            ) -> list[tuple[str, pathlib.Path]]:
   plots = workdir / "plots"
@@ -396,9 +361,9 @@ def _plots(config, workdir: pathlib.Path, data: EvalData, sigs: dict, results: d
     path = reports.plot_bland_altman(plots / f"bland_altman_{method}_video.png", vp, vt,
                                      "video", title=title)
     figures.append((f"{title}: Bland-Altman, one point per video", path))
-  history = _training_history(workdir)
-  if history:
-    path = reports.plot_training_curves(plots / "training_curves.png", history)
+  curves = history_lib.curves(history_lib.read(workdir))
+  if curves:
+    path = reports.plot_training_curves(plots / "training_curves.png", curves)
     figures.append(("Training curves (losses per step, validation MAE per epoch)", path))
   return figures
 
@@ -461,11 +426,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, stat
   if learned and state is None:
     restored = restore_state(config, workdir)
     state, checkpoint = restored.state, restored.path
-    logging.info("evaluating the checkpoint %s (step %d)", restored.path, restored.step)
+    console.say("evaluating the checkpoint %s (step %d)", restored.path, restored.step)
   elif learned:
     checkpoint = "the final training state (saved as the last checkpoint)"
-  sources = sources if sources is not None else load_splits(config, workdir)
-  source = split_source(config, sources, config.data.eval_split)
+  sources = sources if sources is not None else splits.load(config, workdir)
+  source = splits.source(config, sources, config.data.eval_split)
   data = load_eval_data(config, source, config.data.eval_split)
   sigs = signals(config, state, data, methods)
   truth = true_hr(config, data)
@@ -491,10 +456,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, stat
     if "meta_rppg" in methods:
       figures += _heatmaps(config, workdir, state, source, data, sigs, results)
     report_path = write_report(figures)
-  for m, r in table.items():
-    v = r[data.split]
-    logging.info("%-14s %s: MAE %.2f bpm, RMSE %.2f, r %.3f, SNR %.2f dB (%d windows)",
-                 m, data.split, v["mae"], v["rmse"], v["pearson"], v["snr"], v["num_windows"])
   return {"metrics": table, "checkpoint": checkpoint,
           "files": {"metrics": str(metrics_path), "report": str(report_path),
                     "figures": [str(p) for _, p in figures]}}

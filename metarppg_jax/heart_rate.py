@@ -2,15 +2,16 @@
 
 Every function works on the last axis of `sig f[..., n]` and keeps the leading (batch) axes.
 
-- `hr_reference`: the original release's `get_bpm`, bit for bit (MODEL_SPEC "Heart rate from
-  a signal"): no band limit, resolution `60 fps / n` bpm (30 bpm on a 2 s window).
+- `hr_reference`: the original release's `get_bpm`, bit for bit (the peak of one
+  Welch segment over the whole window): no band limit, resolution `60 fps / n` bpm (30 bpm on a 2 s window).
 - `hr_estimate` (the default everywhere): linear detrend, Hann window, a zero-padded FFT
   (or Welch for long signals), the largest peak inside the heart-rate band (0.7-3.5 Hz,
   42-210 bpm), refined by a parabola through the log power of the peak bin and its two
   neighbours: sub-bpm on 10 s windows.
 - `snr`: de Haan's SNR in dB of a signal given its heart rate.
 - `power_spectrum`: the one spectrum used by `hr_estimate`, `snr` and the plots.
-- `levels_to_signal`: the rPPG signal from the ordinal head's outputs.
+- `levels_to_signal`: the rPPG signal from the ordinal head's outputs; `expected_level` and
+  `decision_to_level`, its two forms, also take jax arrays (traced, inside jit).
 - `signal_windows`: cut a long signal into the project's windows (`preprocess.window_starts`).
 
 Windows whose signal is flat (zero power in the band) or not finite get a NaN heart rate
@@ -25,7 +26,6 @@ import numpy as np
 from scipy import signal as sps
 
 from metarppg_jax import errors
-from metarppg_jax import losses
 from metarppg_jax.data import preprocess
 
 HR_BAND_HZ = (0.7, 3.5)          # 42-210 bpm
@@ -232,6 +232,18 @@ def estimator(name: str):
 # Signals from the model and windows
 # --------------------------------------------------------------------------------------------
 
+def expected_level(prob):
+  """prob f[..., T, L] (P(signal above level k)) -> the expected level f[..., T]: sum_k p_k - 1
+  (numpy or jax arrays; `levels_to_signal` says why the - 1)."""
+  return prob.sum(axis=-1) - 1
+
+
+def decision_to_level(decision):
+  """Decoded levels i[..., T] in 0..L (perfect = target + 1) -> target levels 0..L - 1
+  (numpy or jax arrays)."""
+  return (decision - 1).clip(0, preprocess.NUM_LEVELS - 1)
+
+
 def levels_to_signal(outputs, *, kind: Literal["prob", "decision"] = "prob") -> np.ndarray:
   """The rPPG signal (in target levels 0..39) from the ordinal head's outputs.
 
@@ -240,7 +252,7 @@ def levels_to_signal(outputs, *, kind: Literal["prob", "decision"] = "prob") -> 
     for heart rate). With the `reference` head, pairs of negative logits give p_k = 0.5
     exactly (the clamp), which compresses the signal but keeps it monotone in the logits.
   kind="decision": `outputs` is decision i[..., T] in 0..L; the signal is
-    `losses.decision_to_level(decision)` = clip(decision - 1, 0, L - 1).
+    `decision_to_level(decision)` = clip(decision - 1, 0, L - 1).
   The `- 1`: the ordinal loss counts levels k <= t as "above" (t + 1 of them), so a perfect
   model decodes target + 1; removing it puts the signal on the target's scale (heart rate is
   unaffected either way: the spectrum ignores the mean).
@@ -251,9 +263,9 @@ def levels_to_signal(outputs, *, kind: Literal["prob", "decision"] = "prob") -> 
   if kind == "prob":
     if x.ndim < 2:
       raise errors.DataError(f"prob must be f[..., T, L]; got shape {x.shape}")
-    return (np.sum(x.astype(np.float32), axis=-1) - 1.0).astype(np.float32)
+    return expected_level(x.astype(np.float32)).astype(np.float32)
   if kind == "decision":
-    return np.asarray(losses.decision_to_level(x), dtype=np.float32)
+    return np.asarray(decision_to_level(x), dtype=np.float32)
   raise errors.ConfigError(f"levels_to_signal kind {kind!r} is not one of 'prob', 'decision'")
 
 

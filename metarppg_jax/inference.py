@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from metarppg_jax import heart_rate
 from metarppg_jax import hparams
 from metarppg_jax import losses
 from metarppg_jax import models
@@ -157,8 +158,8 @@ def _evaluate(s: hparams.Settings, do_adapt: bool, params, batch_stats, prototyp
 
   out = jax.vmap(one)(videos)
   return {"prob": out.prob, "decision": out.decision,
-          "level": losses.decision_to_level(out.decision),
-          "expected_level": jnp.sum(out.prob, axis=-1) - 1}
+          "level": heart_rate.decision_to_level(out.decision),
+          "expected_level": heart_rate.expected_level(out.prob)}
 
 
 def evaluate_videos(config, state: TrainState, videos: jax.Array, *, adapt: bool

@@ -2,7 +2,7 @@
 
 Targets are ordinal levels `i32[N, T]` in 0..39 (see `data/preprocess.quantize_ppg`). The
 ordinal loss counts level k as "above" for k <= t, so t + 1 levels are above: a perfect model
-decodes t + 1 (the original's convention; `decision_to_level` undoes the offset).
+decodes t + 1 (the original's convention; `heart_rate.decision_to_level` undoes the offset).
 """
 
 import jax
@@ -58,7 +58,3 @@ def synthetic_gradient_loss(synthetic: jax.Array, true_grad: jax.Array) -> jax.A
   """MSE between psi's output and the true gradient (held constant)."""
   return jnp.mean(jnp.square(synthetic - jax.lax.stop_gradient(true_grad)))
 
-
-def decision_to_level(decision: jax.Array) -> jax.Array:
-  """Decoded levels (0..40, perfect = target + 1) to target levels 0..39."""
-  return jnp.clip(decision - 1, 0, models.NUM_LEVELS - 1)

@@ -9,17 +9,21 @@ r"""Entry point: train and evaluate, or evaluate a checkpoint.
 Any config field can be overridden with `--config.<group>.<field>=VALUE`. The config is
 validated before any work starts; the resolved config is written to WORKDIR/config.json.
 Errors the user can act on (`MetaRPPGError`: bad config, data, checkpoint) end the program
-with their message and exit status 1, without a traceback.
+with their message (once, on stderr) and exit status 1, without a traceback.
+
+The console: one progress bar a phase (dataset build, training, evaluation), a few plain lines
+(`console.say`), and at the end the results table and the report's path on stdout. The
+libraries' logs (orbax, tfds, grain) show from `-v 1` on (`console.configure`).
 """
 
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from metarppg_jax import configuration
+from metarppg_jax import console
 from metarppg_jax.errors import ConfigError, MetaRPPGError
 
 FLAGS = flags.FLAGS
@@ -67,16 +71,29 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(1)
 
 
+def summary(results: dict) -> str:
+  """The results table of each split and where the report is: the run's last words."""
+  from metarppg_jax import reports  # pylint: disable=g-import-not-at-top
+  by_split = [s for r in results["metrics"].values() for s in r]
+  lines = []
+  for split in dict.fromkeys(by_split):
+    lines += ["", f"{split}:"] + reports.results_table(results["metrics"], split)
+  report = results["files"].get("report")
+  if report:
+    lines += ["", f"report: {report}"]
+  return "\n".join(lines)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  console.configure(FLAGS.verbosity)
   try:
-    run(FLAGS.config, FLAGS.workdir)
+    results = run(FLAGS.config, FLAGS.workdir)
   except MetaRPPGError as e:
-    logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(1)
+  print(summary(results))
 
 
 if __name__ == "__main__":

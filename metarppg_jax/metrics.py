@@ -52,11 +52,9 @@ def _mean_and_se(x: np.ndarray) -> tuple[float, float]:
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
   if x.size < 3:
     return float("nan")
-  dx, dy = x - x.mean(), y - y.mean()
-  norm = np.sqrt(np.sum(dx * dx) * np.sum(dy * dy))
-  if not norm > 0:                               # a constant input: r is undefined
-    return float("nan")
-  return float(np.clip(np.sum(dx * dy) / norm, -1.0, 1.0))
+  with np.errstate(invalid="ignore", divide="ignore"):  # a constant input: r is NaN
+    r = np.corrcoef(x, y)[0, 1]
+  return float(np.clip(r, -1.0, 1.0))
 
 
 def _pairs(pred_bpm, true_bpm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

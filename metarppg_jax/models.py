@@ -27,13 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarppg_jax.data.preprocess import NUM_LEVELS  # the quantised PPG's levels
+from metarppg_jax.data.preprocess import WINDOW  # psi's channels: the time steps of a window
+
 PyTree = Any
 
 EXTRACTOR_CHANNELS = (3, 32, 48, 64, 80, 120)
 FEATURES = 120
 HIDDEN = 60
-NUM_LEVELS = 40
-WINDOW = 60          # psi's channels: the time steps of one window
 PSI_CHANNELS = (60, 40, 20, 40, 60)
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -56,7 +57,7 @@ class EstimatorOutput(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# Initialisation: the original's effective init (MODEL_SPEC "Init as it really happens").
+# Initialisation: the original's effective init (what its code does, not what it declares).
 # --------------------------------------------------------------------------------------------
 
 def _uniform(key, shape, bound, dtype):

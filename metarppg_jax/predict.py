@@ -112,7 +112,7 @@ def load_clip(path: str | os.PathLike, config) -> dict:
         f"{path}: too short: {frames.shape[0]} frames ({frames.shape[0] / fps:.1f} s at "
         f"{fps:g} fps); needs at least {need} frames ({need / fps:.0f} s): {fewshots} "
         f"adaptation window(s) and one window to predict, {window} frames each")
-  crops = faces.face_crops(frames, size=64, source=str(path))
+  crops = faces.face_crops(frames, source=str(path))
   starts = preprocess.window_starts(frames.shape[0], window, window)
   record = {"frames": crops.crops, "mask": crops.masks,
             "ppg": np.zeros(frames.shape[0], np.float32),
@@ -155,21 +155,6 @@ def predict_clip(clip: dict, config, state) -> dict[str, Any]:
   }
 
 
-def _plot_signal(path: pathlib.Path, result: dict) -> None:
-  from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
-  fig = mpl_figure.Figure(figsize=(10, 3.2))
-  ax = fig.add_subplot()
-  ax.plot(result["time_s"], result["signal"], "C3-", lw=1.2, label="rPPG (expected level)")
-  for w in result["windows"]:
-    ax.axvspan(w["start_s"], w["end_s"], color="C0", alpha=0.04)
-  ax.set(xlabel="time (s)", ylabel="rPPG",
-         title=f"{pathlib.Path(result['video']).name}: {result['hr_bpm']:.1f} bpm overall")
-  ax.legend(loc="upper right")
-  ax.grid(alpha=0.3)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
-
-
 def write_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, str]:
   """signal.csv, prediction.json, signal.png, spectrum.png in `out_dir`; returns the paths."""
   from metarppg_jax import reports  # pylint: disable=g-import-not-at-top
@@ -183,8 +168,10 @@ def write_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, str]:
                        "rppg": result["signal"].astype(float).tolist()}
   js = out / "prediction.json"
   js.write_text(json.dumps(summary, indent=2) + "\n")
-  png = out / "signal.png"
-  _plot_signal(png, result)
+  png = reports.plot_signal(
+      out / "signal.png", result["signal"], None, result["fps"],
+      title=f"{pathlib.Path(result['video']).name}: {result['hr_bpm']:.1f} bpm overall",
+      start_s=result["support_s"], spans=[(w["start_s"], w["end_s"]) for w in result["windows"]])
   spectrum = reports.plot_spectrum(out / "spectrum.png", result["signal"], result["fps"],
                                    title="power spectrum of the rPPG signal")
   return {"csv": str(csv), "json": str(js), "plot": str(png), "spectrum": str(spectrum)}

@@ -4,7 +4,7 @@
   NaN/inf written as null (strict JSON) and read back as NaN.
 - `write_report_md`: title, notes, one comparison table a split (methods as rows; per-video
   metrics first, per-window after), the paired comparisons over videos with their verdict
-  sentences (`comparison_sentence`), figures.
+  sentences (`comparison_sentence`), figures; `results_table`: one split's table alone.
 - Plots (PNG): `plot_signal`, `plot_spectrum`, `plot_bland_altman`, `plot_training_curves`.
 - `heatmap_animation`: the original README's visualisation as an animated GIF (blitted frames,
   one shared palette: seconds, not minutes, for a 10 s video).
@@ -246,6 +246,30 @@ def _comparison_lines(comparisons: Sequence[Comparison]) -> list[str]:
   return lines
 
 
+def results_table(results: Mapping[str, Mapping[str, Mapping]], split: str) -> list[str]:
+  """The Markdown table of one split, a line each (the report's, and main's console): methods
+  as rows, columns as `write_report_md` describes them, the lowest first MAE in bold."""
+  rows = [(m, r[split]) for m, r in results.items() if split in r]
+  with_video = any(isinstance(v.get("video"), Mapping) for _, v in rows)
+  # (columns, where their values are) in order: per video first when there is a per-video
+  # dict, per window after it.
+  video_of = lambda v: v["video"] if isinstance(v.get("video"), Mapping) else {}
+  groups = ([(_VIDEO_COLUMNS, video_of), (_WINDOW_COLUMNS, lambda v: v)] if with_video
+            else [(_COLUMNS, lambda v: v)])
+  header = ["method"] + [c[0] for cols, _ in groups for c in cols]
+  primary = [groups[0][1](v).get("mae") for _, v in rows]
+  maes = [math.nan if m is None else float(m) for m in primary]
+  best = np.nanargmin(maes) if np.any(np.isfinite(maes)) else -1
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+  for i, (method, values) in enumerate(rows):
+    cells = [_cell(where(values), *c[1:]) for cols, where in groups for c in cols]
+    if i == best:
+      cells[0] = f"**{cells[0]}**"
+    lines.append("| " + " | ".join([method] + cells) + " |")
+  return lines
+
+
 def write_report_md(path: PathLike, results: Mapping[str, Mapping[str, Mapping]], *,
                     title: str, notes: str | Sequence[str] = (),
                     comparisons: Sequence[Comparison] = (),
@@ -281,30 +305,12 @@ def write_report_md(path: PathLike, results: Mapping[str, Mapping[str, Mapping]]
   for note in notes:
     lines += [note, ""]
   for split in splits:
-    rows = [(m, r[split]) for m, r in results.items() if split in r]
-    with_video = any(isinstance(v.get("video"), Mapping) for _, v in rows)
-    # (columns, where their values are) in order: per video first when there is a per-video
-    # dict, per window after it.
-    video_of = lambda v: v["video"] if isinstance(v.get("video"), Mapping) else {}
-    groups = ([(_VIDEO_COLUMNS, video_of), (_WINDOW_COLUMNS, lambda v: v)] if with_video
-              else [(_COLUMNS, lambda v: v)])
-    header = ["method"] + [c[0] for cols, _ in groups for c in cols]
-    primary = [groups[0][1](v).get("mae") for _, v in rows]
-    maes = [math.nan if m is None else float(m) for m in primary]
-    best = np.nanargmin(maes) if np.any(np.isfinite(maes)) else -1
     lines += [f"## {split}", ""]
-    if with_video:
+    if any(isinstance(r[split].get("video"), Mapping) for r in results.values() if split in r):
       lines += ["Per video first (the mean heart rate of each video against its truth; ± is "
                 "one standard error over videos), then per HR window (overlapping windows of "
                 "one video are not independent: their ± understates the uncertainty).", ""]
-    lines += ["| " + " | ".join(header) + " |",
-              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for i, (method, values) in enumerate(rows):
-      cells = [_cell(where(values), *c[1:]) for cols, where in groups for c in cols]
-      if i == best:
-        cells[0] = f"**{cells[0]}**"
-      lines.append("| " + " | ".join([method] + cells) + " |")
-    lines.append("")
+    lines += results_table(results, split) + [""]
     paired = [c for c in comparisons if c.split == split]
     if paired:
       lines += _comparison_lines(paired)
@@ -334,19 +340,27 @@ def _zscore(x: np.ndarray) -> np.ndarray:
   return (x - np.nanmean(x)) / (std if std > 0 else 1.0)
 
 
-def plot_signal(path: PathLike, pred, true, fps: float, *, title: str = "rPPG signal"
+def plot_signal(path: PathLike, pred, true, fps: float, *, title: str = "rPPG signal",
+                start_s: float = 0.0, spans: Sequence[tuple[float, float]] = ()
                 ) -> pathlib.Path:
   """The predicted rPPG signal against the ground-truth PPG (both standardised) over time.
 
-  pred, true: f[T]; the legend gives each one's `hr_estimate` heart rate.
+  pred: f[T]; true: f[T], or None when there is no ground truth (a prediction on one's own
+  video); the legend gives each one's `hr_estimate` heart rate. start_s: the time of sample 0;
+  spans: (start s, end s) intervals shaded behind the curves (e.g. the model's windows).
   """
-  pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-  if pred.ndim != 1 or pred.shape != true.shape:
-    raise errors.DataError(f"pred {pred.shape} and true {true.shape} must both be f[T]")
-  t = np.arange(pred.size) / fps
+  pred = np.asarray(pred, np.float64)
+  true = None if true is None else np.asarray(true, np.float64)
+  if pred.ndim != 1 or (true is not None and pred.shape != true.shape):
+    shape = None if true is None else true.shape
+    raise errors.DataError(f"pred {pred.shape} and true {shape} must both be f[T]")
+  t = start_s + np.arange(pred.size) / fps
   fig = mpl_figure.Figure(figsize=(10, 3.2))
   ax = fig.add_subplot()
-  for sig, label, style in ((true, "ground truth", "k-"), (pred, "rPPG", "C3-")):
+  for start, end in spans:
+    ax.axvspan(start, end, color="C0", alpha=0.04)
+  curves = ((true, "ground truth", "k-"), (pred, "rPPG", "C3-"))
+  for sig, label, style in ((s, l, st) for s, l, st in curves if s is not None):
     hr = heart_rate.hr_estimate(sig, fps) if sig.size >= 4 else float("nan")
     ax.plot(t, _zscore(sig), style, lw=1.2, label=f"{label} ({hr:.1f} bpm)")
   ax.set(xlabel="time (s)", ylabel="standardised amplitude", title=title)
@@ -468,9 +482,16 @@ def heatmap_animation(path: PathLike, crops, saliency_before, saliency_after, si
   if crops.dtype != np.uint8:
     crops = np.clip(crops, 0, 255).astype(np.uint8)
   step = max(1, math.ceil(num / max_frames))
-  frames = np.arange(0, num, step)
-  t = np.arange(num) / fps
+  rendered = _heatmap_frames(crops, sal, signal, fps, hr_pred, hr_true, labels,
+                             np.arange(0, num, step))
+  return _write_gif(path, rendered, duration_ms=max(20, int(round(1000 * step / fps))))
 
+
+def _heatmap_frames(crops, sal, signal, fps, hr_pred, hr_true, labels, frames
+                    ) -> list[np.ndarray]:
+  """`heatmap_animation`'s figure drawn at each of `frames`: uint8[H', W', 3] images."""
+  num = crops.shape[0]
+  t = np.arange(num) / fps
   fig = mpl_figure.Figure(figsize=(9, 6), dpi=60)
   canvas = backend_agg.FigureCanvasAgg(fig)
   grid = fig.add_gridspec(2, 3, height_ratios=(1.1, 1))
@@ -518,7 +539,11 @@ def heatmap_animation(path: PathLike, crops, saliency_before, saliency_after, si
     for artist in dynamic:
       artist.axes.draw_artist(artist)
     rendered.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+  return rendered
 
+
+def _write_gif(path: PathLike, rendered: list[np.ndarray], *, duration_ms: int) -> pathlib.Path:
+  """A looping GIF of `rendered` frames, `duration_ms` each."""
   # One 256-colour palette from a few frames, shared by all: PIL's per-frame median-cut
   # quantisation (what PillowWriter does) took seconds a frame.
   sample = np.concatenate(rendered[::max(1, len(rendered) // 6)], axis=0)
@@ -528,5 +553,5 @@ def heatmap_animation(path: PathLike, crops, saliency_before, saliency_after, si
 
   def write(tmp):
     gif[0].save(tmp, format="GIF", save_all=True, append_images=gif[1:], loop=0,
-                duration=max(20, int(round(1000 * step / fps))))
+                duration=duration_ms)
   return _write_atomic(path, write)

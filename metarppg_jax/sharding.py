@@ -29,7 +29,7 @@ a target whose leaves carry the new mesh's shardings restores onto any device co
   shard_train_state(state, mesh) -> state on the mesh
   create_sharded_train_state(config, key, mesh, *, num_tasks) -> state created on the mesh
   jit_sharded_step(step_fn, mesh, state, batch) -> jitted step(state, batch) -> (state, metrics)
-  jit_sharded_evaluate(config, mesh, state, *, adapt=None) -> evaluate(state, videos) -> dict
+  sharded_evaluate(config, mesh, *, adapt) -> evaluate(state, videos) -> dict
   to_host(tree) -> numpy tree (gathers arrays spread over several processes)
 """
 
@@ -271,21 +271,18 @@ def jit_sharded_step(step_fn: Callable, mesh: Mesh, state: PyTree, batch: PyTree
                  out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
 
 
-def jit_sharded_evaluate(config, mesh: Mesh, state: PyTree, *, adapt: Optional[bool] = None
-                         ) -> Callable[[PyTree, np.ndarray], dict]:
+def sharded_evaluate(config, mesh: Mesh, *, adapt: bool) -> Callable[[PyTree, np.ndarray], dict]:
   """`inference.evaluate_videos` with the videos split over the mesh.
 
   Returns evaluate(state, videos f32[V, S + Q, T, H, W, C]) -> numpy dict of
-  `inference.evaluate_videos` (V rows). `videos` is a host array, the same in every process; V
-  need not divide over the mesh: it is padded with copies of the last video (each video is
-  adapted and predicted on its own, so padding changes no other video's result) and the
-  padding cut off. Recompiles once per distinct padded shape.
+  `inference.evaluate_videos` (V rows), for a state placed by `shard_train_state`. `videos` is
+  a host array, the same in every process; V need not divide over the mesh: it is padded with
+  copies of the last video (each video is adapted and predicted on its own, so padding changes
+  no other video's result) and the padding cut off. The program is `evaluate_videos`' own jit
+  (compiled once per padded shape and kept across calls); the inputs' shardings place it.
   """
   from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
-  state_sh = train_state_shardings(state, mesh)
   size = _data_size(mesh)
-  run = jax.jit(lambda st, v: inference.evaluate_videos(config, st, v, adapt=adapt),
-                in_shardings=(state_sh, data_sharded(mesh)), out_shardings=data_sharded(mesh))
 
   def evaluate(state: PyTree, videos: np.ndarray) -> dict:
     videos = np.asarray(videos)
@@ -293,7 +290,8 @@ def jit_sharded_evaluate(config, mesh: Mesh, state: PyTree, *, adapt: Optional[b
     pad = -num % size
     if pad:
       videos = np.concatenate([videos, np.repeat(videos[-1:], pad, axis=0)], axis=0)
-    out = run(state, _put(videos, data_sharded(mesh)))
+    out = inference.evaluate_videos(config, state, _put(videos, data_sharded(mesh)),
+                                    adapt=adapt)
     return jax.tree.map(lambda a: a[:num], to_host(out))
 
   return evaluate

@@ -24,8 +24,8 @@ class TrainState:
   step i32[]: outer iterations done; epoch i32[]: 1-based, drives the cosine schedules;
   params {theta, phi, psi}; batch_stats {theta, psi}; opt_state {theta, phi, psi, adapt}
   (`optim.sgd` states; adapt's covers the adapted nets: {"theta"}, {"phi"} or both);
-  prototype f32[120]; lstm_state (h, c) f32[4, N, 60]; rng: a PRNG key (unused by the step,
-  which is deterministic; for the trainer).
+  prototype f32[120]; lstm_state (h, c) f32[4, N, 60]. No PRNG key: the step is
+  deterministic, and the data order is the input pipeline's (its position is checkpointed).
   """
   step: jax.Array
   epoch: jax.Array
@@ -34,7 +34,6 @@ class TrainState:
   opt_state: PyTree
   prototype: jax.Array
   lstm_state: tuple[jax.Array, jax.Array]
-  rng: jax.Array
 
 
 def _init_opt_state(s: hparams.Settings, params: PyTree) -> PyTree:
@@ -50,15 +49,13 @@ def create_train_state(config, key: jax.Array, *, num_tasks: int) -> TrainState:
   """A fresh state: the original's effective init, zero prototype and (h, c) for `num_tasks`."""
   s = hparams.from_config(config)
   dtype = jnp.dtype(config.model.dtype)
-  k_init, k_rng = jax.random.split(key)
-  params, stats = models.init(k_init, dtype)
+  params, stats = models.init(key, dtype)
   return TrainState(
       step=jnp.zeros((), jnp.int32), epoch=jnp.ones((), jnp.int32), params=params,
       batch_stats=stats, opt_state=_init_opt_state(s, params),
       prototype=jnp.zeros((models.FEATURES,), dtype),
       # Two distinct buffers: the step donates the state, and a buffer can be donated once.
-      lstm_state=tuple(jnp.array(a) for a in models.zero_lstm_state(num_tasks, dtype)),
-      rng=k_rng)
+      lstm_state=tuple(jnp.array(a) for a in models.zero_lstm_state(num_tasks, dtype)))
 
 
 def state_from_original(config, original_state) -> TrainState:
@@ -71,6 +68,5 @@ def state_from_original(config, original_state) -> TrainState:
       step=jnp.zeros((), jnp.int32), epoch=jnp.ones((), jnp.int32), params=params,
       batch_stats=stats, opt_state=_init_opt_state(s, params),
       prototype=jnp.asarray(original_state.prototype),
-      lstm_state=tuple(jnp.asarray(a) for a in original_state.lstm_state),
-      rng=jax.random.PRNGKey(int(config.seed)))
+      lstm_state=tuple(jnp.asarray(a) for a in original_state.lstm_state))
 

@@ -1,4 +1,4 @@
-"""The bad-input corpus (issue 7): every kind of broken input a user can hand us, and what they see.
+"""The bad-input corpus: every kind of broken input a user can hand us, and what they see.
 
 Each `Case` writes one bad input under a temporary directory and calls the entry point that
 meets it first in real use (the video reader, the face crop of `predict`, a ground-truth

@@ -1,4 +1,4 @@
-"""experiments/benchmark.py runs and writes its figures under DESIGN.md's keys (small shapes:
+"""experiments/benchmark.py runs and writes its figures under keys that name their unit (small shapes:
 the figures themselves are for a quiet machine, not for a test)."""
 
 import json

@@ -98,8 +98,9 @@ def test_load_dataset_builds_synthetic_on_first_use(tmp_path):
       assert abs(float(heart_rate.hr_estimate(signal, v["fps"])) - v["hr"].mean()) < 2.0
 
 
-def test_benchmark_build_counts_stored_frames(ubfc_manual, tmp_path):
-  figures = build.benchmark_build("ubfc_rppg", manual_dir=str(ubfc_manual),
-                                  data_dir=str(tmp_path))
+def test_benchmark_build_counts_stored_frames(ubfc_manual, tmp_path, load_experiment):
+  figures = load_experiment("benchmark").benchmark_build("ubfc_rppg",
+                                                         manual_dir=str(ubfc_manual),
+                                                         data_dir=str(tmp_path))
   assert figures["build_frames"] == 75
   assert figures["build_frames_per_s"] > 0 and figures["build_cpu_s_per_frame"] > 0

@@ -1,4 +1,4 @@
-"""Crash safety (issue 7): a real training process killed with SIGKILL at three moments resumes
+"""Crash safety: a real training process killed with SIGKILL at three moments resumes
 from the last complete checkpoint and ends exactly like an uninterrupted run.
 
 One uninterrupted run (the reference) and one run that is killed three times and restarted:

@@ -1,4 +1,4 @@
-"""Determinism (issue 7): same seed, same config, same machine -> identical metrics, run twice.
+"""Determinism: same seed, same config, same machine -> identical metrics, run twice.
 
 Two fresh trainings of the tiny setting (data built once, shared) must give bitwise equal
 training histories (every loss of every step), final states and metrics.json; a third with
@@ -16,7 +16,9 @@ import pytest
 from metarppg_jax import checkpoints
 from metarppg_jax import configuration
 from metarppg_jax import evaluate
+from metarppg_jax import history as history_lib
 from metarppg_jax import train
+from metarppg_jax.data import splits
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +43,10 @@ def _run(workdir, data_dir, seed):
   config = configuration.from_file(TINY, {
       "seed": seed, "data.data_dir": str(data_dir), "optim.num_epochs": 1,
       "optim.steps_per_epoch": 3, "checkpoint.every_steps": 3, "eval.every_epochs": 0})
-  sources = evaluate.load_splits(config, workdir)
+  sources = splits.load(config, workdir)
   state = train.train(config, workdir, sources=sources)
   evaluate.evaluate(config, workdir, state=state, sources=sources, plots=False)
-  history = json.loads((workdir / train.HISTORY_FILE).read_text())
+  history = json.loads((workdir / history_lib.FILE).read_text())
   # Every loss term of every step; wall-clock entries (step_time_s) are not results.
   return {"history": [{k: v for k, v in h.items() if not k.endswith("_time_s")}
                       for h in history],

@@ -12,6 +12,7 @@ from metarppg_jax import evaluate
 from metarppg_jax import metrics
 from metarppg_jax import reports
 from metarppg_jax import train
+from metarppg_jax.data import splits
 from metarppg_jax.errors import CheckpointError
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -47,7 +48,7 @@ def test_learned_method_without_checkpoint_is_a_clear_error(tmp_path, data_dir):
 
 def test_same_windows_for_every_method(data_dir, tmp_path):
   config = _config(data_dir)
-  sources = evaluate.load_splits(config, tmp_path)
+  sources = splits.load(config, tmp_path)
   data = evaluate.load_eval_data(config, sources["test"], "test")
   s, q, t = config.meta.fewshots, config.eval.queries, config.data.window
   assert data.x.shape[:3] == (2, s + q, t)

@@ -27,7 +27,7 @@ def make_record(r, num_frames, *, has_ppg=True):
       "ppg": (1000.0 * r + t).astype(np.float32) if has_ppg else np.zeros(num_frames,
                                                                           np.float32),
       "hr": np.full(num_frames, 60.0 + r, np.float32),
-      "has_ppg": has_ppg, "has_hr": True, "fps": 30.0,
+      "has_ppg": has_ppg, "has_hr": True, "fps": 30.0, "num_frames": num_frames,
       "subject": f"s{r}".encode(), "video_id": f"v{r}".encode(), "domain": b"source",
   }
 
@@ -203,8 +203,9 @@ def test_eval_videos(source):
   assert half == ["v1", "v3"]
 
 
-def test_benchmark_pipeline_reports_units(source):
-  figures = ip.benchmark_pipeline(config(), source, num_batches=2, read_threads=1)
+def test_benchmark_pipeline_reports_units(source, load_experiment):
+  figures = load_experiment("benchmark").benchmark_pipeline(config(), source, num_batches=2,
+                                                            read_threads=1)
   assert set(figures) == {"pipeline_clips_per_s", "pipeline_cpu_s_per_clip",
                           "pipeline_startup_s"}
   assert all(v > 0 for v in figures.values())

@@ -4,6 +4,7 @@ before any work (exit 1, a message, no traceback)."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -42,11 +43,37 @@ def test_training_a_classical_method_is_refused(tmp_path):
   assert out.returncode == 1 and "nothing to train" in out.stderr
 
 
-@pytest.mark.slow
-def test_main_trains_and_evaluates_tiny(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """One run of the README's command on the tiny setting: (tmp dir, workdir, its output)."""
+  tmp_path = tmp_path_factory.mktemp("main")
   workdir = tmp_path / "run"
   out = _run(["--config", "configs/tiny.py", "--workdir", str(workdir),
               f"--config.data.data_dir={tmp_path / 'data'}"], timeout=900)
+  return tmp_path, workdir, out
+
+
+@pytest.mark.slow
+def test_console_is_one_screen_ending_with_the_results(tiny_run):
+  _, workdir, out = tiny_run
+  assert out.returncode == 0, out.stderr[-3000:]
+  # Progress bars (the dataset build's) redraw with carriage returns: not lines of the log.
+  lines = [line for line in (out.stdout + out.stderr).splitlines()
+           if "\r" not in line and not re.search(r"\d+%\|", line)]
+  assert len(lines) <= 60, "\n".join(lines)
+  assert max(len(line) for line in lines) <= 200
+  # absl's INFO prefix (orbax, tfds, grain and ours): none without -v.
+  assert not [line for line in lines if re.match(r"I\d{4} ", line)], "\n".join(lines)
+  stdout = out.stdout.rstrip().splitlines()
+  assert stdout[-1] == f"report: {workdir / 'report.md'}"
+  assert stdout[-3].startswith("| ") and any(l.startswith("| method |") for l in stdout[-14:])
+  assert any(l.startswith("checkpoint saved: step 4") for l in stdout)
+  assert any(l.startswith("dataset synthetic_rppg ready") for l in stdout)
+
+
+@pytest.mark.slow
+def test_main_trains_and_evaluates_tiny(tiny_run):
+  tmp_path, workdir, out = tiny_run
   assert out.returncode == 0, out.stderr[-3000:]
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert set(metrics) == {"meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica", "lgi",

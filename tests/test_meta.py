@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from metarppg_jax import configuration
+from metarppg_jax import heart_rate
 from metarppg_jax import hparams
 from metarppg_jax import inference
 from metarppg_jax import losses
@@ -113,7 +114,7 @@ def test_vmapped_evaluation_equals_each_video_alone():
       theta, theta_stats, _ = adapt(clips[v, :2])
       alone = predict(theta, theta_stats, clips[v, 2:])
       np.testing.assert_allclose(out["prob"][v], alone.prob, rtol=1e-9, atol=1e-12)
-      np.testing.assert_array_equal(out["level"][v], losses.decision_to_level(alone.decision))
+      np.testing.assert_array_equal(out["level"][v], heart_rate.decision_to_level(alone.decision))
       # Adaptation moved this video's copy of theta, and its predictions.
       assert not np.allclose(theta["conv1"]["kernel"], state.params["theta"]["conv1"]["kernel"])
       assert np.abs(plain["prob"][v] - out["prob"][v]).max() > 1e-6

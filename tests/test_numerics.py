@@ -1,4 +1,4 @@
-"""Numerical guards (issue 7): degenerate clips and flat PPG stay finite through the whole
+"""Numerical guards: degenerate clips and flat PPG stay finite through the whole
 model (preprocess -> models -> losses -> one meta_train_step) in both ordinal head forms.
 (The trainer's stop/skip on a non-finite loss is tests/test_train.py's.)"""
 

@@ -1,4 +1,4 @@
-"""Import/export of the original checkpoint format (issue 2)."""
+"""Import/export of the original checkpoint format."""
 
 import pickle
 

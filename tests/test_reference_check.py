@@ -1,4 +1,4 @@
-"""The reference check tool reproduces the original's forward/backward pass (issue 2)."""
+"""The reference check tool reproduces the original's forward/backward pass."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""One outer iteration matches the original's (`parity_step_<pos>_fs<n>[_f64].npz`, issue 3).
+"""One outer iteration matches the original's (`parity_step_<pos>_fs<n>[_f64].npz`).
 
 float32 runs are compared with the float32 files (their adapt/learn stages); the test/final
 stages with the float64 files, from a run with jax_enable_x64 in a subprocess (x64 must not

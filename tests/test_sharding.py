@@ -3,7 +3,7 @@
 Every run is a subprocess (this file run as a script, `worker`): the device count is fixed by
 XLA_FLAGS before JAX is imported, so the pytest process keeps its single device. A run trains
 a few `meta_train_step`s on a fixed batch of N = 4 tasks under `sharding.jit_sharded_step`,
-evaluates 3 videos (padded to the mesh) under `sharding.jit_sharded_evaluate`, and writes the
+evaluates 3 videos (padded to the mesh) under `sharding.sharded_evaluate`, and writes the
 state, metrics and predictions to an .npz. tests/test_distributed.py runs the same worker as
 two processes.
 
@@ -135,7 +135,7 @@ def worker(opts):
   out["shardings/lstm_h"] = np.array(str(state.lstm_state[0].sharding.spec))
   out["shardings/theta"] = np.array(
       str(state.params["theta"]["conv1"]["kernel"].sharding.spec))
-  evaluate = sharding.jit_sharded_evaluate(config, mesh, state)
+  evaluate = sharding.sharded_evaluate(config, mesh, adapt=True)
   out.update(_flat(evaluate(state, videos), "eval/"))
   log("evaluated")
 

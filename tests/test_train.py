@@ -12,6 +12,7 @@ import pytest
 
 from metarppg_jax import checkpoints
 from metarppg_jax import configuration
+from metarppg_jax import history as history_lib
 from metarppg_jax import meta
 from metarppg_jax import train
 
@@ -40,7 +41,7 @@ def test_resume_from_a_middle_checkpoint_is_exact(tmp_path, data_dir):
   state_full = train.train(config, full)
   assert int(state_full.step) == 4
   assert sorted(int(p.name) for p in checkpoints.checkpoint_dir(full).iterdir()) == [1, 2, 3, 4]
-  history = json.loads((full / train.HISTORY_FILE).read_text())
+  history = json.loads((full / history_lib.FILE).read_text())
   assert [h["step"] for h in history] == [1, 2, 3, 4]
   assert list((full / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -53,7 +54,7 @@ def test_resume_from_a_middle_checkpoint_is_exact(tmp_path, data_dir):
   assert int(state_resumed.step) == 4
   for a, b in zip(_leaves(state_full), _leaves(state_resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  resumed_history = json.loads((cut / train.HISTORY_FILE).read_text())
+  resumed_history = json.loads((cut / history_lib.FILE).read_text())
   assert [h["step"] for h in resumed_history] == [1, 2, 3, 4]
 
 

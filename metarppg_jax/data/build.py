@@ -10,14 +10,13 @@ message naming the problem when nothing usable is left (nothing is written then)
 
 import os
 import sys
-import time
 from typing import Optional
 
 from absl import app
 from absl import flags
-import numpy as np
 import tensorflow_datasets as tfds
 
+from metarppg_jax import console
 from metarppg_jax.data.builders import BUILDERS
 from metarppg_jax.errors import DataError
 
@@ -61,6 +60,9 @@ def build_dataset(name: str, *, data_dir: str, manual_dir: Optional[str] = None,
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   download_config = tfds.download.DownloadConfig(
       manual_dir=os.fspath(manual_dir) if manual_dir else None, download_mode=mode)
+  # One bar a build (the builder's, over videos); tfds's own split and shuffle bars would add
+  # several more.
+  tfds.disable_progress_bar()
   builder.download_and_prepare(download_config=download_config)
   return builder
 
@@ -73,7 +75,8 @@ def load_dataset(name: str, data_dir: str, config: Optional[str] = None, *,
   (or `manual_dir` given, then they are built now).
 
   Each record is a dict: frames uint8[T, 64, 64, 3], mask uint8[T, 64, 64], ppg f32[T],
-  hr f32[T], has_ppg, has_hr (bool), fps (float), subject, video_id, domain (bytes).
+  hr f32[T], has_ppg, has_hr (bool), fps (float), num_frames (int, T), subject, video_id,
+  domain (bytes).
   """
   if not is_built(name, data_dir=data_dir, config=config):
     if name not in GENERATED and not manual_dir:
@@ -85,27 +88,6 @@ def load_dataset(name: str, data_dir: str, config: Optional[str] = None, *,
     build_dataset(name, data_dir=data_dir, manual_dir=manual_dir, config=config)
   builder = get_builder(name, data_dir=data_dir, config=config)
   return dict(builder.as_data_source())
-
-
-def benchmark_build(name: str, *, manual_dir: str, data_dir: str,
-                    config: Optional[str] = None) -> dict:
-  """Build throughput of a real-format dataset, decode and face detection included (for
-  experiments/benchmark.py; e.g. synthetic videos written in the UBFC layout by
-  `python -m metarppg_jax.data.synthetic`, built with ubfc_rppg).
-
-  Returns:
-    {"build_frames_per_s": stored frames / wall s, "build_cpu_s_per_frame": process CPU s a
-     stored frame, "build_frames": count, "build_s": wall s}.
-  """
-  wall, cpu = time.perf_counter(), time.process_time()
-  builder = build_dataset(name, data_dir=data_dir, manual_dir=manual_dir, config=config,
-                          overwrite=True)
-  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-  sources = builder.as_data_source()
-  frames = sum(int(np.shape(src[i]["frames"])[0]) for src in sources.values()
-               for i in range(len(src)))
-  return {"build_frames_per_s": frames / wall, "build_cpu_s_per_frame": cpu / max(frames, 1),
-          "build_frames": frames, "build_s": wall}
 
 
 def format_skips(skipped) -> str:
@@ -132,6 +114,7 @@ def _define_flags() -> None:
 
 def main(argv):
   del argv
+  console.configure(FLAGS.verbosity)
   try:
     builder = build_dataset(FLAGS.dataset, data_dir=FLAGS.data_dir,
                             manual_dir=FLAGS.manual_dir, config=FLAGS.config,

@@ -37,7 +37,7 @@ class Tracked(NamedTuple):
 class FaceTracker:
   """Stateful causal tracker (module docstring); one per stream."""
 
-  def __init__(self, *, size: int = 64, detect_every: int = 10, enlarge: float = 1.6,
+  def __init__(self, *, size: int = faces.CROP_SIZE, detect_every: int = 10, enlarge: float = 1.6,
                smooth: int = 15, lost_after: int = 3):
     if size < 1 or detect_every < 1 or enlarge <= 0 or smooth < 1 or lost_after < 1:
       raise ValueError(f"bad FaceTracker arguments: size={size}, detect_every={detect_every}, "

@@ -20,8 +20,11 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from metarppg_jax.errors import DataError
+
+CROP_SIZE = 64  # side of the square face crops the models see
 
 CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_MAX_SIDE = 320        # detection runs on frames downscaled to this longer side
@@ -174,23 +177,21 @@ def detect_faces(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 
 def _moving_average(x: np.ndarray, length: int) -> np.ndarray:
-  """Centred moving average over axis 0 with edge padding: f[T, C] -> f[T, C]."""
-  if length <= 1 or x.shape[0] < 2:
+  """Centred moving average of 2 (length // 2) + 1 samples over axis 0, edges replicated:
+  f[T, C] -> f[T, C]."""
+  if length <= 1:
     return x
-  half = length // 2
-  padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
-  c = np.cumsum(np.pad(padded, ((1, 0), (0, 0))), axis=0)
-  return (c[2 * half + 1:] - c[:-2 * half - 1]) / (2 * half + 1)
+  return ndimage.uniform_filter1d(np.asarray(x, np.float64), 2 * (length // 2) + 1, axis=0,
+                                  mode="nearest")
 
 
 def _running_median(x: np.ndarray, length: int) -> np.ndarray:
-  """Centred running median over axis 0 with edge padding: f[K, C] -> f[K, C]."""
+  """Centred running median over axis 0, edges replicated, its window cut to fit an odd
+  number of rows (a short track is not padded past itself): f[K, C] -> f[K, C]."""
   half = min(length // 2, (x.shape[0] - 1) // 2)
   if half < 1:
     return x
-  padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
-  windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0)
-  return np.median(windows, axis=-1)
+  return ndimage.median_filter(x, size=(2 * half + 1, 1), mode="nearest")
 
 
 def square_boxes(centers: np.ndarray, sides: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -208,7 +209,7 @@ def square_boxes(centers: np.ndarray, sides: np.ndarray, height: int, width: int
   return np.stack([x, y, side, side], axis=1).astype(np.float32)
 
 
-def crop_boxes(frames: np.ndarray, boxes: np.ndarray, size: int = 64) -> np.ndarray:
+def crop_boxes(frames: np.ndarray, boxes: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
   """Crops square boxes (x, y, w, h) from frames at sub-pixel positions: uint8[T, size, size, 3].
 
   The whole-pixel region around each box is downscaled with INTER_AREA (no aliasing), then
@@ -242,11 +243,7 @@ def crop_boxes(frames: np.ndarray, boxes: np.ndarray, size: int = 64) -> np.ndar
 
 def _box_blur3(x: np.ndarray) -> np.ndarray:
   """3x3 mean over the two axes before the last, edges replicated: f[..., H, W, C]."""
-  pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
-  p = np.pad(x, pad, mode="edge")
-  h, w = x.shape[-3:-1]
-  rows = p[..., :h, :, :] + p[..., 1:h + 1, :, :] + p[..., 2:h + 2, :, :]
-  return (rows[..., :w, :] + rows[..., 1:w + 1, :] + rows[..., 2:w + 2, :]) / 9.0
+  return ndimage.uniform_filter(x, size=(1,) * (x.ndim - 3) + (3, 3, 1), mode="nearest")
 
 
 def _ellipse(height: int, width: int, semi_axes: tuple[float, float]) -> np.ndarray:
@@ -300,7 +297,7 @@ def face_ellipse(enlarge: float) -> tuple[float, float]:
   return (min(0.55 / enlarge, 0.5), min(0.72 / enlarge, 0.5))
 
 
-def face_crops(frames: np.ndarray, *, size: int = 64, detect_every: int = 10,
+def face_crops(frames: np.ndarray, *, size: int = CROP_SIZE, detect_every: int = 10,
                enlarge: float = 1.6, smooth: int = 15, min_face_fraction: float = 0.5,
                source: str = "") -> FaceCrops:
   """Detects, tracks and crops the face in every frame.

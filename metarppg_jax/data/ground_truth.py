@@ -3,7 +3,7 @@
 Each reader returns a `GroundTruth`: samples of the reference signal on their own clock
 (seconds, relative to the first video frame where the dataset says when that was). The
 builders resample it onto frame times (`preprocess.resample_signal`) and check its length
-against the video's. Formats are described in DATASET_FORMATS.md (shared docs).
+against the video's. The formats, as each dataset ships them:
 
 - UBFC-rPPG DATASET_2 `ground_truth.txt`: 3 whitespace-separated lines PPG / HR / time (s);
   a 1-line PPG-only variant (one sample per frame, no times) is accepted.

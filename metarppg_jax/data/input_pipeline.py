@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import os
-import time
 from typing import Any, Iterator, Optional
 
 import grain
@@ -75,7 +74,7 @@ def task_index(source, *, window: int, stride: int,
   """
   rows = []
   for r in range(len(source)):
-    num_frames = source[r]["frames"].shape[0]
+    num_frames = int(source[r]["num_frames"])
     starts = preprocess.window_starts(num_frames, windows_per_task * window, stride)
     rows.append(np.stack([np.full_like(starts, r), starts], axis=1))
   index = np.concatenate(rows, axis=0) if rows else np.zeros((0, 2), np.int64)
@@ -101,7 +100,8 @@ class _LoadTask:
     return {k: w[k] for k in TRAIN_KEYS}
 
 
-def train_dataset(source, *, tasks_per_batch: int, window: int = 60, stride: int = 60,
+def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WINDOW,
+                  stride: int = preprocess.WINDOW,
                   windows_per_task: int = WINDOWS_PER_TASK, normalization: str = "sound",
                   seed: int = 0, num_epochs: Optional[int] = None, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
@@ -228,9 +228,9 @@ def _text(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def eval_videos(source, *, window: int = 60, num_windows: Optional[int] = None,
+def eval_videos(source, *, window: int = preprocess.WINDOW, num_windows: Optional[int] = None,
                 normalization: str = "sound", process_index: int = 0,
-                process_count: int = 1) -> Iterator[dict]:
+                process_count: int = 1, rgb: bool = True) -> Iterator[dict]:
   """Per video, consecutive windows from its start (videos in record order).
 
   Args:
@@ -240,6 +240,7 @@ def eval_videos(source, *, window: int = 60, num_windows: Optional[int] = None,
       with fewer are still given (with fewer windows); the caller decides.
     normalization: "sound" | "reference".
     process_index, process_count: this process evaluates videos index, index + count, ...
+    rgb: compute "rgb" (else None: only the classical methods read it).
 
   Yields:
     {"x": f32[W, T, 64, 64, 3], "targets": i32[W, T], "valid": bool[W], "ppg": f32[W, T],
@@ -257,29 +258,9 @@ def eval_videos(source, *, window: int = 60, num_windows: Optional[int] = None,
     w = load_windows(record, starts, window=window, normalization=normalization)
     yield {
         "x": w["x"], "targets": w["targets"], "valid": w["valid"], "ppg": w["ppg"],
-        "hr": w["hr"], "rgb": preprocess.masked_rgb_means(w["frames"], w["mask"]),
+        "hr": w["hr"],
+        "rgb": preprocess.masked_rgb_means(w["frames"], w["mask"]) if rgb else None,
         "fps": float(record["fps"]), "has_ppg": bool(record["has_ppg"]),
         "has_hr": bool(record["has_hr"]), "video_id": _text(record["video_id"]),
         "subject": _text(record["subject"]), "domain": _text(record["domain"]),
     }
-
-
-def benchmark_pipeline(config, source, *, num_batches: int = 20,
-                       read_threads: Optional[int] = None) -> dict:
-  """Training-pipeline throughput on this machine (for experiments/benchmark.py).
-
-  Returns:
-    {"pipeline_clips_per_s": windows a second (tasks x K), "pipeline_cpu_s_per_clip": process
-     CPU time a window (all threads), "pipeline_startup_s": to the first batch}.
-  """
-  start = time.perf_counter()
-  it = train_iterator(config, source, read_threads=read_threads)
-  batch = next(it)
-  startup = time.perf_counter() - start
-  wall, cpu = time.perf_counter(), time.process_time()
-  for _ in range(num_batches):
-    batch = next(it)
-  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-  clips = num_batches * batch["x"].shape[0] * batch["x"].shape[1]
-  return {"pipeline_clips_per_s": clips / wall, "pipeline_cpu_s_per_clip": cpu / clips,
-          "pipeline_startup_s": startup}

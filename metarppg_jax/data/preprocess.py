@@ -16,7 +16,8 @@ import numpy as np
 
 from metarppg_jax.errors import DataError
 
-NUM_LEVELS = 40
+NUM_LEVELS = 40   # quantisation levels of a PPG window: the ordinal head's outputs
+WINDOW = 60       # frames a window: psi takes a window's time steps as its channels
 
 
 def resample_video(frames: np.ndarray, timestamps: np.ndarray, fps: float, *,

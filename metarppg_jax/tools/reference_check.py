@@ -20,6 +20,7 @@ are printed and the exit status says whether every key is within the reference t
         [--expect REF.npz]
 """
 
+import importlib.util
 import os
 import sys
 from typing import Sequence
@@ -35,8 +36,6 @@ from metarppg_jax import models
 from metarppg_jax import original_checkpoint
 from metarppg_jax.errors import DataError, MetaRPPGError
 
-FORWARD_KEYS = ("features", "lstm_out", "fc_out", "prob", "decision", "h_n", "c_n", "ordloss",
-                "fewloss", "grad_net_out")
 
 
 def load_inputs(path: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -126,14 +125,14 @@ def compare_with(ours: dict[str, np.ndarray], expect_path: str) -> list[tuple[st
   The rules live beside the reference files (`shared/reference/compare.py`); they are loaded
   from the expectation file's folder so that one copy of them exists.
   """
-  folder = os.path.dirname(os.path.abspath(expect_path))
-  if not os.path.exists(os.path.join(folder, "compare.py")):
+  rules = os.path.join(os.path.dirname(os.path.abspath(expect_path)), "compare.py")
+  if not os.path.exists(rules):
     raise DataError(f"{expect_path}: compare.py (the tolerance rules) is not beside it")
-  sys.path.insert(0, folder)
-  try:
-    import compare  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.remove(folder)
+  # Loaded from its file each time: the rules beside this expectation file, not a module of
+  # that name imported earlier from elsewhere.
+  spec = importlib.util.spec_from_file_location("reference_compare", rules)
+  compare = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(compare)
   with np.load(expect_path, allow_pickle=False) as f:
     ref = {k: f[k] for k in f.files}
   report_largest(ours, ref)

@@ -15,31 +15,30 @@ PyTorch layouts (through `original_checkpoint.to_flat`). `--x64` runs everything
 """
 
 import os
+import pathlib
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarppg_jax import configuration
 from metarppg_jax import meta
-from metarppg_jax import state as state_lib
 from metarppg_jax import original_checkpoint
-from metarppg_jax.errors import DataError
+from metarppg_jax import state as state_lib
+from metarppg_jax.errors import ConfigError, DataError
 
 STEP_KEYS = ("x", "targets", "x_step1", "t_step1", "x_step2", "t_step2", "x_test", "t_test")
 
 
 def reference_config(adapt_position: str, fewshots: int):
-  """configs/reference.py with the position and number of steps set."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "reference.py")
-  spec = importlib.util.spec_from_file_location("metarppg_reference_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.meta.adapt_position = adapt_position
-  config.meta.fewshots = fewshots
-  return config
+  """The repository's configs/reference.py with the position and number of steps set."""
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "reference.py"
+  if not path.is_file():
+    raise ConfigError(f"{path}: not found; the parity step needs the repository's configs "
+                      "(run it from a checkout, installed with `pip install -e .`)")
+  return configuration.from_file(path, {"meta.adapt_position": adapt_position,
+                                        "meta.fewshots": fewshots})
 
 
 def load_step_inputs(path: str, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -156,11 +155,11 @@ def run_step(checkpoint: str, inputs: str, adapt_position: str, fewshots: int,
              out: str | None, expect: str | None, *, x64: bool = False) -> int:
   """The `--step` command: returns the exit status (1 when `expect` is not matched)."""
   from metarppg_jax.tools import reference_check  # pylint: disable=g-import-not-at-top
-  if x64 and not jax.config.jax_enable_x64:
-    jax.config.update("jax_enable_x64", True)
   dtype = np.float64 if x64 else np.float32
   original = original_checkpoint.load(checkpoint, dtype=dtype)
-  rec = run_reference_step(original, load_step_inputs(inputs, dtype), adapt_position, fewshots)
+  with jax.enable_x64(x64):  # float64 for this computation only
+    rec = run_reference_step(original, load_step_inputs(inputs, dtype), adapt_position,
+                             fewshots)
   if out:
     np.savez(out, **rec)
     print(f"wrote {len(rec)} arrays to {out}")

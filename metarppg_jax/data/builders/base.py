@@ -41,7 +41,7 @@ from metarppg_jax.data import preprocess
 from metarppg_jax.data import video as video_lib
 from metarppg_jax.errors import DataError
 
-CROP_SIZE = 64
+CROP_SIZE = faces.CROP_SIZE
 SPLITS = ("train", "validation", "test")
 SKIPPED_FILE = "skipped.json"
 
@@ -90,6 +90,8 @@ def features() -> tfds.features.FeaturesDict:
                                    encoding=raw),
       "ppg": tfds.features.Tensor(shape=(None,), dtype=np.float32, encoding=raw),
       "hr": tfds.features.Tensor(shape=(None,), dtype=np.float32, encoding=raw),
+      # The length alone, so that readers need not decode the frames to learn it.
+      "num_frames": tfds.features.Scalar(dtype=np.int32),
       "has_ppg": tfds.features.Scalar(dtype=np.bool_),
       "has_hr": tfds.features.Scalar(dtype=np.bool_),
       "fps": tfds.features.Scalar(dtype=np.float32),
@@ -113,7 +115,7 @@ class RppgConfig(tfds.core.BuilderConfig):
     resampling (MAHNOB's 30 s protocol clip); None keeps all.
   """
   target_fps: float = 30.0
-  window: int = 60
+  window: int = preprocess.WINDOW
   split_fractions: tuple = (0.6, 0.2, 0.2)
   split_seed: int = 0
   detect_every: int = 10
@@ -278,9 +280,10 @@ def _check_example(ex: dict, item: Item) -> None:
 class RppgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the rPPG builders (not registered itself)."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
-                   "1.1.0": "Tensors stored as raw bytes (30x faster to read)."}
+                   "1.1.0": "Tensors stored as raw bytes (30x faster to read).",
+                   "1.2.0": "num_frames: each video's frame count."}
   BUILDER_CONFIGS = [RppgConfig(name="default")]
   DOMAIN = ""
   USES_MANUAL_DIR = True
@@ -336,6 +339,14 @@ class RppgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       with open(path) as f:
         return json.load(f)
     return []
+
+  def _log_download_bytes(self) -> None:
+    # tfds prints sizes it does not know ("Unknown size") for generated data: the progress bar
+    # and `splits.load`'s line say what is built.
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
 
   def download_and_prepare(self, **kwargs):
     try:
@@ -406,5 +417,6 @@ class RppgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       for k in ("has_ppg", "has_hr"):
         ex[k] = bool(ex[k])
       ex["fps"] = float(ex["fps"])
+      ex["num_frames"] = int(ex["frames"].shape[0])
       yield video_id, ex
       os.remove(path)
