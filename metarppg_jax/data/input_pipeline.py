@@ -215,8 +215,11 @@ def train_iterator(config, source, *, mesh: Optional[jax.sharding.Mesh] = None,
                                                  prefetch_buffer_size=2 * threads))
   if data.worker_count > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read their settings from it
+      raise ConfigError(
+          f"data.worker_count={data.worker_count} needs absl's flags parsed (run through an "
+          "absl entry point such as metarppg_jax.main, or call absl.flags.FLAGS(argv) first); "
+          "or set data.worker_count=0 to read in threads")
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.worker_count))
   iterator = iter(iter_ds)
   if mesh is None:
