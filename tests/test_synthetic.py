@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -50,6 +51,8 @@ def test_shapes_and_ranges(domain):
   assert np.isfinite(v.ppg).all() and np.all((v.hr >= 45) & (v.hr <= 150))
   centers = v.face_box[:, :2] + v.face_box[:, 2:] / 2
   assert np.all((centers > 0) & (centers < [80, 96]))
+  assert v.beats.dtype == np.float64 and np.all(np.diff(v.beats) > 0)
+  assert 0 <= v.beats[0] and v.beats[-1] <= 49 / 25.0
   with pytest.raises(ValueError, match="unknown domain"):
     synthetic.generate_video(0, seconds=1.0, domain="mars")
 
@@ -205,6 +208,21 @@ def test_cli_module_entry_point(tmp_path):
       [sys.executable, "-m", "metarppg_jax.data.synthetic", "--out", str(tmp_path),
        "--seconds", "-1"], capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0 and "must be positive" in result.stderr
+
+
+def test_h264_round_trip():
+  """Odd sizes (yuv444p) and even ones (yuv420p) keep every frame; CRF 0 is close to exact,
+  a high CRF is not."""
+  rng = np.random.default_rng(0)
+  for shape in ((12, 33, 35, 3), (12, 32, 48, 3)):
+    smooth = np.stack([cv2.GaussianBlur(rng.uniform(0, 255, shape[1:]), (0, 0), 6)
+                       for _ in range(shape[0])])
+    frames = np.clip(smooth * 5 - 510, 0, 255).astype(np.uint8)   # smooth colours
+    near = synthetic.h264_round_trip(frames, 30.0, 0)
+    far = synthetic.h264_round_trip(frames, 30.0, 40)
+    assert near.shape == far.shape == frames.shape and near.dtype == np.uint8
+    near_err = np.abs(near.astype(int) - frames).mean()
+    assert near_err < 2 < np.abs(far.astype(int) - frames).mean(), near_err   # 0.4, 1.6 DN
 
 
 def test_benchmark_generation():
