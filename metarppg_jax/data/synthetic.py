@@ -492,6 +492,8 @@ class _Scene(NamedTuple):
 def _band_series(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
   """In-band noise f64[n] of unit expected std, the same prefix for any duration."""
   high = min(BAND[1], 0.45 * fps)
+  if high <= BAND[0]:                       # a frame rate too low to show the band
+    return np.zeros(n)
   sos = scipy_signal.butter(4, (BAND[0], high), btype="bandpass", fs=fps, output="sos")
   pad = int(4 * fps / BAND[0])
   impulse = scipy_signal.sosfilt(sos, np.eye(1, 20 * pad)[0])
@@ -640,7 +642,7 @@ def h264_round_trip(frames: np.ndarray, fps: float, crf: int) -> np.ndarray:
 
 
 def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str = "source",
-                   size: tuple[int, int] = (128, 128), chunk: int = 128) -> SyntheticVideo:
+                   size: tuple[int, int] = (128, 128), chunk: int = 64) -> SyntheticVideo:
   """Generates one synthetic face video with its ground truth.
 
   Args:
@@ -649,7 +651,7 @@ def generate_video(seed: int, *, seconds: float, fps: float = 30.0, domain: str 
     fps: frame rate.
     domain: a key of `DOMAINS`.
     size: (H, W) of the frames.
-    chunk: frames rendered at once (bounds memory: ~4 chunk * H * W * 4 float32).
+    chunk: frames rendered at once (bounds memory: ~6 chunk * H * W * 4 float32).
 
   Returns:
     SyntheticVideo.
