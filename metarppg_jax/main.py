@@ -11,9 +11,9 @@ validated before any work starts; the resolved config is written to WORKDIR/conf
 Errors the user can act on (`MetaRPPGError`: bad config, data, checkpoint) end the program
 with their message (once, on stderr) and exit status 1, without a traceback.
 
-The console: one progress bar a phase (dataset build, training, evaluation), a few plain lines
-(`console.say`), and at the end the results table and the report's path on stdout. The
-libraries' logs (orbax, tfds, grain) show from `-v 1` on (`console.configure`).
+The console: one progress bar a phase (dataset build, training, evaluation) and a few plain
+lines (`console.say`) on stderr; the results table and the report's path on stdout at the end.
+The libraries' logs (orbax, tfds, grain) show from `-v 1` on (`console.configure`).
 """
 
 import sys

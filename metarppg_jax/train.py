@@ -237,7 +237,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   mesh = sharding.make_mesh(config)
   data_iter = input_pipeline.train_iterator(config, train_source, mesh=mesh)
   state = _initial_state(config, workdir, mesh, data_iter)
-  logging.info("devices: %s", sharding.describe(mesh))
+  console.say("devices: %s", sharding.describe(mesh))
   test_windows = _test_windows(config, sources.get("validation") or eval_source)
   validation = None
   if config.eval.every_epochs and sources.get("validation") is not None:

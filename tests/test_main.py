@@ -67,8 +67,8 @@ def test_console_is_one_screen_ending_with_the_results(tiny_run):
   stdout = out.stdout.rstrip().splitlines()
   assert stdout[-1] == f"report: {workdir / 'report.md'}"
   assert stdout[-3].startswith("| ") and any(l.startswith("| method |") for l in stdout[-14:])
-  assert any(l.startswith("checkpoint saved: step 4") for l in stdout)
-  assert any(l.startswith("dataset synthetic_rppg ready") for l in stdout)
+  assert any(l.startswith("checkpoint saved: step 4") for l in lines)
+  assert any(l.startswith("dataset synthetic_rppg ready") for l in lines)
 
 
 @pytest.mark.slow
