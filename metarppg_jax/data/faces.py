@@ -16,6 +16,8 @@ classic fixed box (Chai & Ngan 1999: 133 <= Cr <= 173, 77 <= Cb <= 127).
 face box (the synthetic generator's fast path).
 """
 
+import functools
+import threading
 from typing import NamedTuple
 
 import cv2
@@ -53,12 +55,27 @@ class FaceCrops(NamedTuple):
   detected: np.ndarray
 
 
+@functools.cache
+def _per_thread() -> threading.local:
+  """The holder of each thread's cascade, made once a process.
+
+  A `CascadeClassifier` keeps the image it is scanning inside itself, so threads (the live
+  stream's, a data builder's pool) each load their own instead of sharing one.
+  """
+  return threading.local()
+
+
 def _cascade() -> cv2.CascadeClassifier:
-  cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
-  if cascade.empty():
-    raise DataError(f"OpenCV Haar cascade {cv2.data.haarcascades + CASCADE} could not be "
-                    "loaded (opencv-python-headless>=4.9,<5 ships it)")
-  return cascade
+  """This thread's Haar cascade, loaded on its first use: loading it takes longer than a
+  detection on a small frame, so it is not reloaded per call."""
+  held = _per_thread()
+  if getattr(held, "cascade", None) is None:
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
+    if cascade.empty():
+      raise DataError(f"OpenCV Haar cascade {cv2.data.haarcascades + CASCADE} could not be "
+                      "loaded (opencv-python-headless>=4.9,<5 ships it)")
+    held.cascade = cascade
+  return held.cascade
 
 
 def detect_candidates(frames: np.ndarray, indices: np.ndarray) -> list[np.ndarray]:
