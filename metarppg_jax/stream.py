@@ -57,7 +57,7 @@ import signal as signal_lib
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import av
 import cv2
@@ -486,9 +486,13 @@ class _Stop(Exception):
   """SIGTERM, turned into the same clean end as Ctrl-C."""
 
 
-def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, out_file: str | None = None,
-        video_out: str | None = None, emit: Callable[[str], None] | None = None,
-        slow_s: float = 0.0) -> dict[str, Any]:
+def _on_term(*_) -> None:
+  raise _Stop()
+
+
+def run(source_spec: "str | live_source.Source", opts: Options, *, model=None,
+        out_file: str | None = None, video_out: str | None = None,
+        emit: Callable[[str], None] | None = None, slow_s: float = 0.0) -> dict[str, Any]:
   """Streams SOURCE to readings; returns the summary (also emitted as the last line).
 
   Args:
@@ -504,17 +508,35 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
     DataError / ConfigError: the source cannot be opened, a bad option (before any line).
   """
   emit = emit or (lambda line: print(line, flush=True))
+  _check_options(opts, out_file, video_out)
+  sink = _open_out(out_file)
+  put = _line_writer(emit, sink)
+  summary = _new_summary(source_spec, opts)
+  extractor = None
+  if opts.method == META:       # compiled before the source is opened: a camera or a
+    extractor = _meta_extractor(model, opts)   # network stream would otherwise wait (or time out)
+    summary["compile_s"] = round(extractor.compile(), 2)
+  if isinstance(source_spec, live_source.Source):
+    source = source_spec
+  else:
+    source = live_source.open_source(source_spec, timeout_s=opts.timeout_s)
+  status = _stream(source, extractor, opts, summary, put, video_out, slow_s)
+  put(summary)
+  if sink is not None:
+    sink.close()
+  summary["status"] = status
+  return summary
+
+
+# --------------------------------------------------------------------------------------------
+# `run`'s steps: options and output, the stream's lifetime, one frame, one reading, summary.
+# --------------------------------------------------------------------------------------------
+
+def _check_options(opts: Options, out_file: str | None, video_out: str | None) -> None:
+  """Raises ConfigError for a bad option, before anything is opened or compiled."""
   for flag, path in (("--out", out_file), ("--video_out", video_out)):
     if path and not pathlib.Path(path).absolute().parent.is_dir():
       raise ConfigError(f"{flag} {path}: its directory does not exist")
-
-  def put(obj: dict) -> None:
-    line = json.dumps(obj)
-    emit(line)
-    if sink is not None:
-      sink.write(line + "\n")
-      sink.flush()
-
   for name in ("window_s", "stride_s", "hrv_window_s", "queue_s", "timeout_s", "stall_s"):
     if not getattr(opts, name) > 0:
       raise ConfigError(f"--{name}={getattr(opts, name)}: must be > 0")
@@ -525,156 +547,248 @@ def run(source_spec: "str | live_source.Source", opts: Options, *, model=None, o
   for name in ("min_quality", "hrv_min_quality"):
     if not 0 <= getattr(opts, name) <= 1:
       raise ConfigError(f"--{name}={getattr(opts, name)}: must be within 0..1")
+
+
+def _open_out(out_file: str | None) -> TextIO | None:
+  """The --out file, opened for appending (None without one)."""
   try:
-    sink = open(out_file, "a", encoding="utf-8") if out_file else None
+    return open(out_file, "a", encoding="utf-8") if out_file else None
   except OSError as e:
     raise ConfigError(f"--out {out_file}: cannot be written ({e})") from None
-  summary: dict[str, Any] = {"type": "summary", "source": str(getattr(source_spec, "name",
-                                                                       source_spec)), "method": opts.method,
-                             "frames_read": 0, "frames_processed": 0, "frames_dropped": 0,
-                             "dropped_after_adaptation": 0, "readings": 0,
-                             "readings_with_hr": 0, "processing_fps": None,
-                             "median_latency_s": None, "end": None}
-  extractor = None
-  if opts.method == META:       # compiled before the source is opened: a camera or a
-    config, state = model       # network stream would otherwise wait (or time out)
-    frames = int(math.ceil(max(opts.window_s, opts.hrv_window_s) * float(config.data.fps)))
-    extractor = MetaRPPG(config, state, max_frames=frames)
-    summary["compile_s"] = round(extractor.compile(), 2)
-  if isinstance(source_spec, live_source.Source):
-    source = source_spec
-  else:
-    source = live_source.open_source(source_spec, timeout_s=opts.timeout_s)
-  reader = None
-  overlay = None
+
+
+def _line_writer(emit: Callable[[str], None], sink: TextIO | None) -> Callable[[dict], None]:
+  """put(obj): obj as one JSON line to `emit` and to `sink`, flushed at once so that a
+  program following --out sees each reading when it is made."""
+
+  def put(obj: dict) -> None:
+    line = json.dumps(obj)
+    emit(line)
+    if sink is not None:
+      sink.write(line + "\n")
+      sink.flush()
+
+  return put
+
+
+def _new_summary(source_spec: "str | live_source.Source", opts: Options) -> dict[str, Any]:
+  """The summary line's fields in their order, filled in as the stream runs."""
+  return {"type": "summary", "source": str(getattr(source_spec, "name", source_spec)),
+          "method": opts.method, "frames_read": 0, "frames_processed": 0, "frames_dropped": 0,
+          "dropped_after_adaptation": 0, "readings": 0, "readings_with_hr": 0,
+          "processing_fps": None, "median_latency_s": None, "end": None}
+
+
+def _meta_extractor(model, opts: Options) -> MetaRPPG:
+  """MetaRPPG for model = (config, state), keeping enough windows for the longest span."""
+  config, state = model
+  frames = int(math.ceil(max(opts.window_s, opts.hrv_window_s) * float(config.data.fps)))
+  return MetaRPPG(config, state, max_frames=frames)
+
+
+@dataclasses.dataclass
+class _Loop:
+  """What the reading loop carries from frame to frame.
+
+  The grid runs at `extractor.fps`; `buf` holds its samples (crops uint8[n, 64, 64, 3]).
+  `status` is the exit status so far; `latencies` (s) of the readings made; `last_text` and
+  `trace` (f32[TRACE_S * fps] or None) are what `--video_out` draws until the next reading;
+  `busy` (s) is the time spent on frames, for the processing fps.
+  """
+  opts: Options
+  source: live_source.Source
+  extractor: "Classical | MetaRPPG"
+  reader: live_source.FrameReader
+  tracker: face_track.FaceTracker
+  grid: Grid
+  buf: Buffer
+  summary: dict[str, Any]
+  put: Callable[[dict], None]
+  video_out: str | None
+  slow_s: float
+  next_reading: float
+  next_stall_note: float
+  last_frame_wall: float = 0.0
+  status: int = 0
+  overlay: "Overlay | None" = None
+  latencies: list[float] = dataclasses.field(default_factory=list)
+  last_text: str = ""
+  trace: np.ndarray | None = None
+  busy: float = 0.0
+  dropped_at_adapt: int | None = None
+
+  @property
+  def fps(self) -> float:
+    return self.extractor.fps
+
+
+def _stream(source: live_source.Source, extractor: "MetaRPPG | None", opts: Options,
+            summary: dict[str, Any], put: Callable[[dict], None], video_out: str | None,
+            slow_s: float) -> int:
+  """Reads `source` until it ends, fails, stalls or is interrupted; returns the exit status.
+
+  Readings go to `put` and the counts to `summary`. Whatever ends the stream, the reader is
+  stopped, the previous SIGTERM handler restored and the MP4 closed.
+  """
+  loop = None
   previous = signal_lib.getsignal(signal_lib.SIGTERM)
-  status = 0
   try:
-    if extractor is None:
-      extractor = Classical(opts.method, source.fps)
-    fps = extractor.fps
-    tracker = face_track.FaceTracker(detect_every=opts.detect_every, enlarge=ENLARGE)
-    grid = Grid(fps)
-    # Room for the HRV span and for a model that lags the stream by up to LAG_S.
-    capacity = int(math.ceil((max(opts.window_s, opts.hrv_window_s) + LAG_S) * fps))
-    buf = Buffer(capacity, 64, int(round(opts.window_s * fps)))
-    reader = live_source.FrameReader(source, queue_size=int(math.ceil(opts.queue_s * source.fps)),
-                                     realtime=opts.realtime, max_seconds=opts.seconds)
-
-    def on_term(*_):
-      raise _Stop()
-
-    if threading_main():
-      signal_lib.signal(signal_lib.SIGTERM, on_term)
-    latencies: list[float] = []
-    next_reading = opts.stride_s
-    last_text, trace = "", None
-    busy = 0.0
-    dropped_at_adapt = None
-    last_frame_wall = time.monotonic()
-    next_stall_note = 2 * opts.stride_s
-    reader.start()
+    loop = _setup(source, extractor, opts, summary, put, video_out, slow_s)
+    if threading_main():    # signal handlers can only be set on the main thread
+      signal_lib.signal(signal_lib.SIGTERM, _on_term)
+    loop.last_frame_wall = time.monotonic()     # the stall clock starts with the reader
+    loop.reader.start()
+    _read_all(loop)
+    loop.reader.stop()
     try:
-      while True:
-        item = reader.get(timeout=0.2)
-        if item is None:
-          idle = time.monotonic() - last_frame_wall
-          if idle > opts.stall_s:
-            summary["end"] = f"{source.name}: no frame for {idle:.0f} s (stream stalled)"
-            status = 1
-            break
-          if idle > next_stall_note:       # a live source that stops delivering
-            put({"type": "reading", "t": round(buf.count / fps, 3), "hr": None,
-                 "reason": f"no frame for {idle:.0f} s (stream stalled?)", "quality": None,
-                 "snr_db": None, "hrv": None, "adapted": extractor.adapted,
-                 "latency_s": None})
-            summary["readings"] += 1
-            next_stall_note += opts.stride_s
-          continue
-        next_stall_note = 2 * opts.stride_s
-        t0 = time.monotonic()
-        if isinstance(item, live_source.End):
-          summary["end"] = item.reason
-          status = 1 if item.error else 0
-          samples = grid.flush()           # the last frame's grid points
-        else:
-          last_frame_wall = t0
-          if slow_s:
-            time.sleep(slow_s)
-          tracked = tracker.update(item.image)
-          summary["frames_processed"] += 1
-          samples = grid.push(item.t, (tracked.crop, tracked.face, item.arrival))
-        for crop, face, arrival in samples:
-          buf.append(crop, face, arrival)
-          extractor.on_sample(buf)
-          if extractor.adapted and dropped_at_adapt is None:   # dropped so far: before it
-            dropped_at_adapt = reader.dropped
-          if (buf.count - 1) / fps + 1e-9 >= next_reading:
-            r = reading(extractor, buf, opts, fps)
-            r["latency_s"] = round(time.monotonic() - float(buf.arrival[buf.last(1)][0]), 4)
-            latencies.append(r["latency_s"])
-            summary["readings"] += 1
-            summary["readings_with_hr"] += r["hr"] is not None
-            put(r)
-            next_reading += opts.stride_s
-            last_text = (f"HR {r['hr']:.0f} bpm  q {r['quality']:.2f}" if r["hr"] is not None
-                         else f"HR --  ({r['reason']})")
-            if video_out:
-              got = extractor.signal(buf, int(round(TRACE_S * fps)), int(round(TRACE_S * fps)))
-              trace = got[0] if not isinstance(got, str) else None
-        if isinstance(item, live_source.End):
-          break
-        if video_out:
-          if overlay is None:
-            overlay = Overlay(video_out, source.fps, item.image.shape[1], item.image.shape[0])
-          overlay.write(item.image, item.t, tracked.box, last_text, trace)
-        busy += time.monotonic() - t0
-    except (KeyboardInterrupt, _Stop):
-      summary["end"] = "interrupted"
-      status = 0
+      loop.extractor.finish()
     except MetaRPPGError as e:
       summary["end"] = str(e)
-      status = 1
-    reader.stop()
-    try:
-      extractor.finish()
-    except MetaRPPGError as e:
-      summary["end"] = str(e)
-      status = 1
-    summary["frames_read"] = reader.read
-    summary["frames_dropped"] = reader.dropped
-    if opts.method == META:
-      summary["dropped_after_adaptation"] = (
-          reader.dropped - dropped_at_adapt if dropped_at_adapt is not None else None)
-    else:
-      summary.pop("dropped_after_adaptation")
-    summary["adapted"] = extractor.adapted
-    summary["video_s"] = round(buf.count / fps, 3)
-    summary["processing_fps"] = (round(summary["frames_processed"] / busy, 1)
-                                 if busy > 0 else None)
-    summary["median_latency_s"] = (round(float(np.median(latencies)), 4) if latencies
-                                   else None)
-    summary["source_fps"] = source.fps
+      loop.status = 1
+    _fill_summary(loop)
   except (KeyboardInterrupt, _Stop):
     summary["end"] = "interrupted"
-    if reader is not None:
-      reader.stop()
+    if loop is not None:
+      loop.reader.stop()
   finally:
     if threading_main():
       signal_lib.signal(signal_lib.SIGTERM, previous)
-    if reader is None:
+    if loop is None:          # no reader took the source over
       source.close()
-    if overlay is not None:
+    elif loop.overlay is not None:
       try:
-        overlay.close()
+        loop.overlay.close()
         summary["video_out"] = video_out
       except DataError as e:
-        summary["end"], status = str(e), 1
-  put(summary)
-  if sink is not None:
-    sink.close()
-  summary["status"] = status
-  return summary
+        summary["end"], loop.status = str(e), 1
+  return loop.status if loop is not None else 0
+
+
+def _setup(source: live_source.Source, extractor: "MetaRPPG | None", opts: Options,
+           summary: dict[str, Any], put: Callable[[dict], None], video_out: str | None,
+           slow_s: float) -> _Loop:
+  """The tracker, the grid, the buffer and the (not yet started) reader of `source`."""
+  if extractor is None:
+    extractor = Classical(opts.method, source.fps)
+  fps = extractor.fps
+  tracker = face_track.FaceTracker(detect_every=opts.detect_every, enlarge=ENLARGE)
+  # Room for the HRV span and for a model that lags the stream by up to LAG_S.
+  capacity = int(math.ceil((max(opts.window_s, opts.hrv_window_s) + LAG_S) * fps))
+  buf = Buffer(capacity, 64, int(round(opts.window_s * fps)))
+  reader = live_source.FrameReader(source, queue_size=int(math.ceil(opts.queue_s * source.fps)),
+                                   realtime=opts.realtime, max_seconds=opts.seconds)
+  return _Loop(opts=opts, source=source, extractor=extractor, reader=reader, tracker=tracker,
+               grid=Grid(fps), buf=buf, summary=summary, put=put, video_out=video_out,
+               slow_s=slow_s, next_reading=opts.stride_s, next_stall_note=2 * opts.stride_s)
+
+
+def _read_all(loop: _Loop) -> None:
+  """Takes frames until the stream ends; an interruption or a failure ends it too, with its
+  reason in the summary (the cleanup is the caller's)."""
+  try:
+    while _take(loop):
+      pass
+  except (KeyboardInterrupt, _Stop):
+    loop.summary["end"] = "interrupted"
+    loop.status = 0
+  except MetaRPPGError as e:
+    loop.summary["end"] = str(e)
+    loop.status = 1
+
+
+def _take(loop: _Loop) -> bool:
+  """Processes the reader's next frame (or its end, or a wait); False when the stream ends."""
+  item = loop.reader.get(timeout=0.2)
+  if item is None:
+    return _no_frame(loop)
+  loop.next_stall_note = 2 * loop.opts.stride_s
+  t0 = time.monotonic()
+  if isinstance(item, live_source.End):
+    loop.summary["end"] = item.reason
+    loop.status = 1 if item.error else 0
+    _add_samples(loop, loop.grid.flush())      # the last frame's grid points
+    return False
+  loop.last_frame_wall = t0
+  if loop.slow_s:
+    time.sleep(loop.slow_s)
+  tracked = loop.tracker.update(item.image)
+  loop.summary["frames_processed"] += 1
+  _add_samples(loop, loop.grid.push(item.t, (tracked.crop, tracked.face, item.arrival)))
+  if loop.video_out:
+    if loop.overlay is None:
+      height, width = item.image.shape[:2]
+      loop.overlay = Overlay(loop.video_out, loop.source.fps, width, height)
+    loop.overlay.write(item.image, item.t, tracked.box, loop.last_text, loop.trace)
+  loop.busy += time.monotonic() - t0
+  return True
+
+
+def _no_frame(loop: _Loop) -> bool:
+  """No frame came within the poll: a note every stride after 2 strides of silence, and the
+  end of the stream after --stall_s. False when the stream has stalled."""
+  idle = time.monotonic() - loop.last_frame_wall
+  if idle > loop.opts.stall_s:
+    loop.summary["end"] = f"{loop.source.name}: no frame for {idle:.0f} s (stream stalled)"
+    loop.status = 1
+    return False
+  if idle > loop.next_stall_note:       # a live source that stops delivering
+    loop.put({"type": "reading", "t": round(loop.buf.count / loop.fps, 3), "hr": None,
+              "reason": f"no frame for {idle:.0f} s (stream stalled?)", "quality": None,
+              "snr_db": None, "hrv": None, "adapted": loop.extractor.adapted,
+              "latency_s": None})
+    loop.summary["readings"] += 1
+    loop.next_stall_note += loop.opts.stride_s
+  return True
+
+
+def _add_samples(loop: _Loop, samples: list[tuple[np.ndarray, bool, float]]) -> None:
+  """Appends grid samples (crop uint8[64, 64, 3], face, arrival) and makes the readings that
+  fall due on them."""
+  for crop, face, arrival in samples:
+    loop.buf.append(crop, face, arrival)
+    loop.extractor.on_sample(loop.buf)
+    if loop.extractor.adapted and loop.dropped_at_adapt is None:   # dropped so far: before it
+      loop.dropped_at_adapt = loop.reader.dropped
+    if (loop.buf.count - 1) / loop.fps + 1e-9 >= loop.next_reading:
+      _make_reading(loop)
+
+
+def _make_reading(loop: _Loop) -> None:
+  """Emits the reading at the newest sample, with its latency, and keeps its text and signal
+  trace for the annotated video."""
+  buf, fps = loop.buf, loop.fps
+  r = reading(loop.extractor, buf, loop.opts, fps)
+  r["latency_s"] = round(time.monotonic() - float(buf.arrival[buf.last(1)][0]), 4)
+  loop.latencies.append(r["latency_s"])
+  loop.summary["readings"] += 1
+  loop.summary["readings_with_hr"] += r["hr"] is not None
+  loop.put(r)
+  loop.next_reading += loop.opts.stride_s
+  loop.last_text = (f"HR {r['hr']:.0f} bpm  q {r['quality']:.2f}" if r["hr"] is not None
+                    else f"HR --  ({r['reason']})")
+  if loop.video_out:
+    n = int(round(TRACE_S * fps))
+    got = loop.extractor.signal(buf, n, n)
+    loop.trace = got[0] if not isinstance(got, str) else None
+
+
+def _fill_summary(loop: _Loop) -> None:
+  """The summary's counts once the stream has ended (dropped_after_adaptation: meta_rppg only)."""
+  summary, reader = loop.summary, loop.reader
+  summary["frames_read"] = reader.read
+  summary["frames_dropped"] = reader.dropped
+  if loop.opts.method == META:
+    summary["dropped_after_adaptation"] = (
+        reader.dropped - loop.dropped_at_adapt if loop.dropped_at_adapt is not None else None)
+  else:
+    summary.pop("dropped_after_adaptation")
+  summary["adapted"] = loop.extractor.adapted
+  summary["video_s"] = round(loop.buf.count / loop.fps, 3)
+  summary["processing_fps"] = (round(summary["frames_processed"] / loop.busy, 1)
+                               if loop.busy > 0 else None)
+  summary["median_latency_s"] = (round(float(np.median(loop.latencies)), 4) if loop.latencies
+                                 else None)
+  summary["source_fps"] = loop.source.fps
 
 
 def threading_main() -> bool:
