@@ -55,11 +55,6 @@ def set_learning_rate(opt_state: PyTree, learning_rate) -> PyTree:
   return opt_state._replace(hyperparams=hyper)
 
 
-def learning_rate(opt_state: PyTree):
-  """The learning rate an `sgd` state applies now."""
-  return opt_state.hyperparams["learning_rate"]
-
-
 def step(tx: optax.GradientTransformation, grads: PyTree, opt_state: PyTree, params: PyTree
          ) -> tuple[PyTree, PyTree]:
   """One optimizer step: `(new params, new opt_state)`."""

@@ -108,14 +108,6 @@ def detect_candidates(frames: np.ndarray, indices: np.ndarray) -> list[np.ndarra
   return out
 
 
-def _largest(candidates: list[np.ndarray]) -> np.ndarray:
-  boxes = np.full((len(candidates), 4), np.nan, np.float32)
-  for k, c in enumerate(candidates):
-    if len(c):
-      boxes[k] = c[np.argmax(c[:, 2] * c[:, 3])]
-  return boxes
-
-
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Intersection over union of boxes f[N, 4] x f[M, 4] -> f[N, M]."""
   x0 = np.maximum(a[:, None, 0], b[None, :, 0])
@@ -178,19 +170,6 @@ def _consistent(candidates: list[np.ndarray]) -> np.ndarray:
     if offset[pick] <= TRACK_TOLERANCE and size[pick] <= np.log(1 + 2 * TRACK_TOLERANCE):
       boxes[k] = c[pick]
   return boxes
-
-
-def detect_faces(frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
-  """The largest face in each of `frames[indices]`.
-
-  Args:
-    frames: uint8[T, H, W, 3] RGB.
-    indices: i[K] frames to run the detector on.
-
-  Returns:
-    f32[K, 4] (x, y, w, h) in source pixels, NaN where no face was found.
-  """
-  return _largest(detect_candidates(frames, indices))
 
 
 def _moving_average(x: np.ndarray, length: int) -> np.ndarray:

@@ -89,7 +89,6 @@ import io
 import os
 import pathlib
 import sys
-import time
 from typing import NamedTuple
 
 import av
@@ -738,25 +737,6 @@ def write_ubfc(directory: str | os.PathLike, v: SyntheticVideo, *, codec: str = 
     for row in (v.ppg, v.hr, t):
       f.write(" ".join(f"{x:.7e}" for x in np.asarray(row, np.float64)) + "\n")
   return directory
-
-
-def benchmark_generation(seconds: float = 60.0, domain: str = "shifted",
-                         size: tuple[int, int] = (128, 128), repeats: int = 2) -> dict:
-  """Time to generate one minute of video (median over `repeats` videos).
-
-  Returns wall-clock and process CPU seconds per minute of video (CPU time is the steadier
-  figure on a shared machine), keys with units as experiments/benchmark.py expects.
-  """
-  wall, cpu = [], []
-  for r in range(repeats):
-    w0, c0 = time.perf_counter(), time.process_time()
-    generate_video(r, seconds=seconds, domain=domain, size=size)
-    wall.append(time.perf_counter() - w0)
-    cpu.append(time.process_time() - c0)
-  per_minute = 60.0 / seconds
-  return {"synthetic_s_per_video_minute": float(np.median(wall)) * per_minute,
-          "synthetic_cpu_s_per_video_minute": float(np.median(cpu)) * per_minute,
-          "synthetic_frame_size": f"{size[0]}x{size[1]}", "synthetic_domain": domain}
 
 
 def main(argv: list[str] | None = None) -> int:
