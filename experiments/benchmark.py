@@ -189,7 +189,7 @@ def _scaling_worker(args):
   batch = step_batch(config, n, s, args.fewshots)
   batch = sharding.shard_host_batch(jax.device_get(batch), mesh)
   state = sharding.create_sharded_train_state(config, jax.random.PRNGKey(0), mesh, num_tasks=n)
-  step = sharding.jit_sharded_step(meta.make_meta_train_step(config), mesh, state, batch)
+  step = sharding.jit_sharded_step(meta.meta_train_step(config), mesh, state, batch)
   compile_s, flops, times, state = time_step(step, state, batch, args.repeats)
   median = statistics.median(times)
   devices = int(mesh.devices.size)

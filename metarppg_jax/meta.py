@@ -1,6 +1,7 @@
 """Meta-rPPG's outer iteration (one meta-training step) as a pure jitted function.
 
-  make_meta_train_step(config, *, trace=False) -> step(state, batch) -> (state, metrics)
+  meta_train_step(config, *, trace=False) -> step(state, batch) -> (state, metrics)
+      (plain; the trainer jits it with the mesh's shardings), make_meta_train_step: the same
       jitted once, the state donated. batch = {"x": f32[N, 3, T, H, W, C],
       "targets": i32[N, 3, T], "valid": bool[N, 3] (optional, all True)} and, with
       `config.meta.test_in_step` (the reference config), "test_x": f32[fewshots + N, T, H, W, C],
@@ -41,7 +42,7 @@ PPG, do not count in the ordinal loss); lstm_state_rule "given" | "mean"
 """
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -337,109 +338,129 @@ def _check_batch(s: hparams.Settings, state: TrainState, batch: Mapping[str, jax
                     f"{state.lstm_state[0].shape[1]}")
 
 
-def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch):
-  _check_batch(s, state, batch)
-  x, t = batch["x"], batch["targets"]
-  valid = batch.get("valid")
-  if valid is None:
-    valid = jnp.ones(x.shape[:2], bool)
-  n = x.shape[0]
-  lr = s.lr_at(s.lr, state.epoch).astype(x.dtype)
-  adapt_lr = s.lr_at(s.adapt_lr, state.epoch).astype(x.dtype)
-  params, stats, opt_state = state.params, state.batch_stats, state.opt_state
-  lstm = _lstm0(s, state.lstm_state, n)
-  metrics, rec = {}, {}
+class _Phase(NamedTuple):
+  """What the stages of one outer iteration hand on: the parameters, batch statistics and
+  optimizer states so far, and the estimator's initial LSTM state for the next call."""
+  params: PyTree
+  stats: PyTree
+  opt_state: PyTree
+  lstm: tuple[jax.Array, jax.Array]
 
-  def next_lstm(final, lstm):
-    return final if s.carry_lstm_state else lstm
 
-  if s.meta_learning:
-    # Adaptation phase on window 0.
-    x0, t0, v0 = x[:, 0], t[:, 0], valid[:, 0]
-    if s.supervised_adapt_step:
-      theta, theta_stats, opt_theta, final, ordloss, fewloss = _supervised_step(
-          s, params, stats, _with_lr(opt_state["theta"], lr), state.prototype, x0, t0, v0,
-          lstm)
-      params = dict(params, theta=theta)
-      stats = dict(stats, theta=theta_stats)
-      opt_state = dict(opt_state, theta=opt_theta)
-      lstm = next_lstm(final, lstm)
-      metrics.update({"adapt/ordloss": ordloss, "adapt/fewloss": fewloss})
-      rec["adapt/sup/params"] = params
-    if s.synthetic_gradient and s.psi_target == "support":
-      params, stats, opt_state, metrics["adapt/gradloss"] = _psi_support_step(
-          s, params, stats, opt_state, state.prototype, x0, t0, v0, lstm, lr)
-    if s.synthetic_gradient and s.inner_mode == "joint":
-      params, stats, opt_adapt, lstm, last = _sg_adaptation(
-          s, params, stats, _with_lr(opt_state["adapt"], adapt_lr), x0, lstm)
-      opt_state = dict(opt_state, adapt=opt_adapt)
-      rec["adapt/synthetic_grad"] = last
-    elif s.synthetic_gradient:
-      offsets, stats, lstm_adapted, last = _per_task_adaptation(s, params, stats, x0, lstm,
-                                                                adapt_lr)
-      lstm = next_lstm(lstm_adapted, lstm)
-      rec["adapt/synthetic_grad"] = last
-    rec["adapt/params"], rec["adapt/stats"] = params, stats
-    learn_windows = (1, 2)
-  else:
-    learn_windows = (0, 1, 2)
+def _next_lstm(s: hparams.Settings, final, lstm):
+  return final if s.carry_lstm_state else lstm
 
-  # Learning phase.
-  if not (s.meta_learning and s.synthetic_gradient and s.inner_mode == "per_task"):
-    offsets = None
+
+def _adaptation_phase(s, state: TrainState, ph: _Phase, x0, t0, v0, lr, adapt_lr, metrics, rec
+                      ) -> tuple[_Phase, PyTree | None]:
+  """Window 0 (f32[N, T, H, W, C], targets t0, valid v0): the original's supervised theta
+  step, psi's support-window step, then the synthetic-gradient steps (joint: in place;
+  per_task: per-task offsets). -> the phase after it, the per-task offsets (or None)."""
+  params, stats, opt_state, lstm = ph
+  offsets = None
+  if s.supervised_adapt_step:
+    theta, theta_stats, opt_theta, final, ordloss, fewloss = _supervised_step(
+        s, params, stats, _with_lr(opt_state["theta"], lr), state.prototype, x0, t0, v0, lstm)
+    params, stats = dict(params, theta=theta), dict(stats, theta=theta_stats)
+    opt_state = dict(opt_state, theta=opt_theta)
+    lstm = _next_lstm(s, final, lstm)
+    metrics.update({"adapt/ordloss": ordloss, "adapt/fewloss": fewloss})
+    rec["adapt/sup/params"] = params
+  if s.synthetic_gradient and s.psi_target == "support":
+    params, stats, opt_state, metrics["adapt/gradloss"] = _psi_support_step(
+        s, params, stats, opt_state, state.prototype, x0, t0, v0, lstm, lr)
+  if s.synthetic_gradient and s.inner_mode == "joint":
+    params, stats, opt_adapt, lstm, last = _sg_adaptation(
+        s, params, stats, _with_lr(opt_state["adapt"], adapt_lr), x0, lstm)
+    opt_state = dict(opt_state, adapt=opt_adapt)
+    rec["adapt/synthetic_grad"] = last
+  elif s.synthetic_gradient:
+    offsets, stats, lstm_adapted, last = _per_task_adaptation(s, params, stats, x0, lstm,
+                                                              adapt_lr)
+    lstm = _next_lstm(s, lstm_adapted, lstm)
+    rec["adapt/synthetic_grad"] = last
+  rec["adapt/params"], rec["adapt/stats"] = params, stats
+  return _Phase(params, stats, opt_state, lstm), offsets
+
+
+def _learning_phase(s, state: TrainState, ph: _Phase, x, t, valid, first: int, lr, offsets,
+                    metrics) -> _Phase:
+  """Learning steps on windows first..2 of x f32[N, 3, T, H, W, C] (one scan, unrolled:
+  XLA:CPU convolutions are slow inside loops); their losses go into `metrics`."""
+  train_psi = s.meta_learning and s.synthetic_gradient and s.psi_target == "learning"
+
   def learn(carry, window):
     params, stats, opt_state, lstm = carry
     xk, tk, vk = window
     params, stats, opt_state, final, terms = _learning_step(
         s, params, stats, opt_state, state.prototype, xk, tk, vk, lstm, lr,
-        train_psi=s.meta_learning and s.synthetic_gradient and s.psi_target == "learning",
-        offsets=offsets)
-    return (params, stats, opt_state, next_lstm(final, lstm)), terms
+        train_psi=train_psi, offsets=offsets)
+    return _Phase(params, stats, opt_state, _next_lstm(s, final, lstm)), terms
 
-  # One scan over the windows (unrolled: XLA:CPU convolutions are slow inside loops).
-  first = learn_windows[0]
   windows = (jnp.moveaxis(x[:, first:], 1, 0), jnp.moveaxis(t[:, first:], 1, 0),
              jnp.moveaxis(valid[:, first:], 1, 0))
-  (params, stats, opt_state, lstm), terms = jax.lax.scan(
-      learn, (params, stats, opt_state, lstm), windows, unroll=True)  # see inference.adapt_theta
+  ph, terms = jax.lax.scan(learn, ph, windows, unroll=True)  # see inference.adapt_theta
   for name, values in terms.items():
-    for i, k in enumerate(learn_windows):
-      metrics[f"learn{k}/{name}"] = values[i]
+    for i in range(values.shape[0]):
+      metrics[f"learn{first + i}/{name}"] = values[i]
     metrics[name] = jnp.mean(values)
   if "adapt/gradloss" in metrics:
     metrics["gradloss"] = metrics["adapt/gradloss"]  # psi trained on the support window
-  rec["learn2/params"], rec["learn2/stats"] = params, stats
   metrics["loss"] = metrics["ordloss"] + metrics["fewloss"]
+  return _Phase(*ph)
 
-  # The original's transductive test inside the step: it moves psi's batch statistics.
+
+def _test_in_step(s, state: TrainState, params, stats, batch, metrics, rec) -> PyTree:
+  """The original's transductive test inside the step (it moves psi's batch statistics):
+  adapt a copy of theta on the held-out video's support, predict its queries. -> stats."""
+  test_x, test_t = batch["test_x"], batch["test_targets"]
+  theta, theta_stats, psi_stats, proto_losses = inference.adapt_theta(
+      s, params["theta"], stats["theta"], params["psi"], stats["psi"], state.prototype,
+      test_x[:s.fewshots])
+  queries = test_x[s.fewshots:]
+  z, theta_stats = models.extract(theta, theta_stats, queries, train=True)
+  out, _ = models.estimate(params["phi"], z, _lstm0(s, state.lstm_state, queries.shape[0]),
+                           head=s.head)
+  if s.lstm_state_rule == "given" and s.head == "reference":
+    # The original's (misaligned) test loss: query 0 against support window 0's target.
+    metrics["test/ordloss"] = losses.ordinal_loss_from_prob(out.prob[:1], test_t[:1], s.head)
+  else:
+    metrics["test/ordloss"] = _ordinal(s, out, test_t[s.fewshots:], None)
+  rec.update({"test/theta": theta, "test/theta_stats": theta_stats,
+              "test/psi_stats": psi_stats, "test/proto_losses": proto_losses,
+              "test/prob": out.prob, "test/decision": out.decision,
+              "test/ordloss": metrics["test/ordloss"]})
+  return dict(stats, psi=psi_stats)
+
+
+def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch):
+  """One outer iteration: adaptation phase on window 0, learning phase, the original's
+  in-step test (reference config), the prototype and LSTM-state update on window 0."""
+  _check_batch(s, state, batch)
+  x, t = batch["x"], batch["targets"]
+  valid = batch.get("valid")
+  if valid is None:
+    valid = jnp.ones(x.shape[:2], bool)
+  lr = s.lr_at(s.lr, state.epoch).astype(x.dtype)
+  adapt_lr = s.lr_at(s.adapt_lr, state.epoch).astype(x.dtype)
+  ph = _Phase(state.params, state.batch_stats, state.opt_state,
+              _lstm0(s, state.lstm_state, x.shape[0]))
+  metrics, rec, offsets = {}, {}, None
+  if s.meta_learning:
+    ph, offsets = _adaptation_phase(s, state, ph, x[:, 0], t[:, 0], valid[:, 0], lr, adapt_lr,
+                                    metrics, rec)
+  ph = _learning_phase(s, state, ph, x, t, valid, 1 if s.meta_learning else 0, lr, offsets,
+                       metrics)
+  params, stats = ph.params, ph.stats
+  rec["learn2/params"], rec["learn2/stats"] = params, stats
   if s.test_in_step:
-    test_x, test_t = batch["test_x"], batch["test_targets"]
-    theta, theta_stats, psi_stats, proto_losses = inference.adapt_theta(
-        s, params["theta"], stats["theta"], params["psi"], stats["psi"], state.prototype,
-        test_x[:s.fewshots])
-    stats = dict(stats, psi=psi_stats)
-    queries = test_x[s.fewshots:]
-    z, theta_stats = models.extract(theta, theta_stats, queries, train=True)
-    out, _ = models.estimate(params["phi"], z, _lstm0(s, state.lstm_state, queries.shape[0]),
-                             head=s.head)
-    if s.lstm_state_rule == "given" and s.head == "reference":
-      # The original's (misaligned) test loss: query 0 against support window 0's target.
-      metrics["test/ordloss"] = losses.ordinal_loss_from_prob(out.prob[:1], test_t[:1],
-                                                              s.head)
-    else:
-      metrics["test/ordloss"] = _ordinal(s, out, test_t[s.fewshots:], None)
-    rec.update({"test/theta": theta, "test/theta_stats": theta_stats,
-                "test/psi_stats": psi_stats, "test/proto_losses": proto_losses,
-                "test/prob": out.prob, "test/decision": out.decision,
-                "test/ordloss": metrics["test/ordloss"]})
-
-  # Prototype and LSTM-state update on window 0.
+    stats = _test_in_step(s, state, params, stats, batch, metrics, rec)
   prototype, lstm_state, stats = _prototype_update(s, params, stats, state.prototype,
                                                    state.lstm_state, x[:, 0])
   metrics["lr"], metrics["adapt_lr"] = lr, adapt_lr
   metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats,
-                            opt_state=_lr_recorded(opt_state, lr, adapt_lr),
+                            opt_state=_lr_recorded(ph.opt_state, lr, adapt_lr),
                             prototype=prototype, lstm_state=lstm_state)
   if trace:
     metrics["trace"] = rec
@@ -453,9 +474,14 @@ def _lr_recorded(opt_state, lr, adapt_lr):
   return out
 
 
-def make_meta_train_step(config, *, trace: bool = False):
-  """`step(state, batch) -> (state, metrics)`: one outer iteration, jitted once, the state's
-  buffers donated (do not use the state passed in afterwards). trace=True adds
+def meta_train_step(config, *, trace: bool = False):
+  """`step(state, batch) -> (state, metrics)`, one outer iteration, not jitted: for a caller
+  that jits it itself (`sharding.jit_sharded_step` with the mesh's shardings). trace=True adds
   metrics["trace"]: every stage's parameters and statistics (for the reference check)."""
-  s = hparams.from_config(config)
-  return jax.jit(functools.partial(_meta_train_step, s, trace), donate_argnums=0)
+  return functools.partial(_meta_train_step, hparams.from_config(config), trace)
+
+
+def make_meta_train_step(config, *, trace: bool = False):
+  """`meta_train_step` jitted once, the state's buffers donated (do not use the state passed
+  in afterwards)."""
+  return jax.jit(meta_train_step(config, trace=trace), donate_argnums=0)

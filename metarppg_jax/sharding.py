@@ -257,7 +257,7 @@ def create_sharded_train_state(config, key: jax.Array, mesh: Mesh, *, num_tasks:
 # --------------------------------------------------------------------------------------------
 
 def jit_sharded_step(step_fn: Callable, mesh: Mesh, state: PyTree, batch: PyTree) -> Callable:
-  """`step_fn(state, batch) -> (state, metrics)` (e.g. `meta.make_meta_train_step(config)`)
+  """`step_fn(state, batch) -> (state, metrics)` (e.g. `meta.meta_train_step(config)`)
   under jit with explicit shardings: the state per `train_state_shardings` in and out (its
   buffers donated), the batch per `batch_shardings`, the metrics replicated.
 

@@ -2,7 +2,7 @@
 
 `train_and_evaluate(config, workdir)` validates the config, builds (on first use) and loads
 the dataset, resumes from the newest good checkpoint in the workdir if there is one, runs
-`optim.num_epochs x optim.steps_per_epoch` outer iterations of `meta.make_meta_train_step`,
+`optim.num_epochs x optim.steps_per_epoch` outer iterations of `meta.meta_train_step`,
 and evaluates at the end (`evaluate.evaluate`).
 
 - The step runs inside one jitted program (`_guarded`) that sets the epoch from the step
@@ -266,7 +266,7 @@ def _loop(config, run: _Run, state: TrainState, data_iter, records: list[dict]) 
   per_epoch = config.optim.steps_per_epoch
   total = config.optim.num_epochs * per_epoch
   start = int(state.step)
-  guarded = _guarded(meta.make_meta_train_step(config), per_epoch,
+  guarded = _guarded(meta.meta_train_step(config), per_epoch,
                      config.optim.nonfinite == "skip")
   train_step = None  # jitted with the shardings of the first batch
   pending, since = [], time.perf_counter()

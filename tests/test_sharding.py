@@ -115,7 +115,7 @@ def worker(opts):
     start = restored.step
   else:
     start = 0
-  step = sharding.jit_sharded_step(meta.make_meta_train_step(config), mesh, state,
+  step = sharding.jit_sharded_step(meta.meta_train_step(config), mesh, state,
                                    global_batch(batches[0]))
   metrics = []
   mgrs = None

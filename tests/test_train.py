@@ -59,9 +59,9 @@ def test_resume_from_a_middle_checkpoint_is_exact(tmp_path, data_dir):
 
 
 def _poisoned_step(monkeypatch, bad_step: int):
-  """meta.make_meta_train_step whose metrics report a NaN ordinal loss at `bad_step` (traceable:
-  the trainer may jit it again)."""
-  real = meta.make_meta_train_step
+  """meta.meta_train_step whose metrics report a NaN ordinal loss at `bad_step` (the trainer
+  jits it)."""
+  real = meta.meta_train_step
 
   def make(config, **kwargs):
     step = real(config, **kwargs)
@@ -72,7 +72,7 @@ def _poisoned_step(monkeypatch, bad_step: int):
       bad = jnp.where(n + 1 == bad_step, jnp.nan, metrics["ordloss"])
       return state, dict(metrics, ordloss=bad.astype(metrics["ordloss"].dtype))
     return poisoned
-  monkeypatch.setattr(meta, "make_meta_train_step", make)
+  monkeypatch.setattr(meta, "meta_train_step", make)
 
 
 def test_nonfinite_loss_stops_naming_step_and_term(tmp_path, data_dir, monkeypatch):
