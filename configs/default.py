@@ -58,7 +58,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.builder_config = "small"
   config.data.data_dir = ""                # "" -> WORKDIR/data
   config.data.manual_dir = ""
-  config.data.window = 60
   config.data.stride = 60
   config.data.tasks_per_batch = 3          # N: videos (tasks) per meta-batch
   config.data.normalization = "sound"      # sound | reference

@@ -35,7 +35,6 @@ def get_config():
       "optim.cosine_floor": 0.1,
       "data.normalization": "reference",
       "data.tasks_per_batch": 3,
-      "data.window": 60,
       "eval.hr_estimator": "reference",
       "eval.queries": 3,
   })

@@ -43,6 +43,7 @@ from metarppg_jax import meta
 from metarppg_jax import state as state_lib
 from metarppg_jax.data import build
 from metarppg_jax.data import input_pipeline
+from metarppg_jax.data import preprocess
 from metarppg_jax.data import synthetic
 
 ORIGINAL_OUTER_STEP_S = 2.45
@@ -275,7 +276,8 @@ def benchmark_build(name: str, *, manual_dir: str, data_dir: str,
 
 
 def benchmark_pipeline(config, source, *, num_batches: int = 20,
-                       read_threads: Optional[int] = None) -> dict:
+                       read_threads: Optional[int] = None,
+                       window: int = preprocess.WINDOW) -> dict:
   """Training-pipeline throughput on this machine.
 
   Returns:
@@ -283,7 +285,7 @@ def benchmark_pipeline(config, source, *, num_batches: int = 20,
      CPU time a window (all threads), "pipeline_startup_s": to the first batch}.
   """
   start = time.perf_counter()
-  it = input_pipeline.train_iterator(config, source, read_threads=read_threads)
+  it = input_pipeline.train_iterator(config, source, read_threads=read_threads, window=window)
   batch = next(it)
   startup = time.perf_counter() - start
   wall, cpu = time.perf_counter(), time.process_time()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from metarppg_jax.data.preprocess import WINDOW  # data.window must be it
+from metarppg_jax.data.preprocess import WINDOW  # frames a model window has
 from metarppg_jax.errors import ConfigError
 
 METHODS = ("meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica", "lgi", "pbv", "omit")
@@ -109,7 +109,6 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "data.builder_config": (str, _any),
     "data.data_dir": (str, _any),
     "data.manual_dir": (str, _any),
-    "data.window": (int, _equals(WINDOW, "psi takes the 60 frames of a window as channels")),
     "data.stride": (int, _AT_LEAST_1),
     "data.tasks_per_batch": (int, _AT_LEAST_1),
     "data.normalization": (str, _one_of("sound", "reference")),
@@ -202,7 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def frames_needed(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Frames a video must have: training takes 3 consecutive windows a task, evaluation
   `meta.fewshots + eval.queries` windows a video."""
-  w = config.data.window
+  w = WINDOW
   return {"train": 3 * w, "eval": (config.meta.fewshots + config.eval.queries) * w}
 
 
@@ -212,19 +211,19 @@ def check_against_data(config: ml_collections.ConfigDict, *, split: str, num_fra
   short for `purpose` ("train" or "eval"); `source` names the dataset in the message."""
   need = frames_needed(config)[purpose]
   if num_frames < need:
-    how = ("3 windows of data.window" if purpose == "train" else
+    how = (f"3 windows of {WINDOW} frames" if purpose == "train" else
            f"(meta.fewshots={config.meta.fewshots} + eval.queries={config.eval.queries}) "
-           "windows of data.window")
+           f"windows of {WINDOW} frames")
     raise ConfigError(
-        f"data.window={config.data.window} is too long for {source} split {split!r}: "
+        f"a model window ({WINDOW} frames) is too long for {source} split {split!r}: "
         f"{purpose} needs {how} = {need} frames but its shortest video has {num_frames} frames; "
         "use fewer eval.queries / meta.fewshots or longer videos")
   hr_frames = int(round(config.eval.hr_window_s * config.data.fps))
-  if purpose == "eval" and hr_frames > config.eval.queries * config.data.window:
+  if purpose == "eval" and hr_frames > config.eval.queries * WINDOW:
     raise ConfigError(
         f"eval.hr_window_s={config.eval.hr_window_s} s ({hr_frames} frames at data.fps="
         f"{config.data.fps}) is longer than the evaluated signal: eval.queries="
-        f"{config.eval.queries} windows of {config.data.window} frames")
+        f"{config.eval.queries} windows of {WINDOW} frames")
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from metarppg_jax import metrics as metrics_lib
 from metarppg_jax import reports
 from metarppg_jax import sharding
 from metarppg_jax.data import input_pipeline
+from metarppg_jax.data import preprocess
 from metarppg_jax.data import splits
 from metarppg_jax.errors import DataError
 from metarppg_jax.state import TrainState
@@ -102,7 +103,7 @@ def load_eval_data(config: ml_collections.ConfigDict, source, split: str, *,
                    rgb: bool = True) -> EvalData:
   """The support and query windows of every video of `source` (EvalData); rgb=False leaves
   out the classical methods' colour traces (EvalData.rgb None), which validation never uses."""
-  s, q, t = config.meta.fewshots, config.eval.queries, config.data.window
+  s, q, t = config.meta.fewshots, config.eval.queries, preprocess.WINDOW
   videos = list(input_pipeline.eval_videos(source, window=t, num_windows=s + q,
                                            normalization=config.data.normalization, rgb=rgb))
   if not videos:
@@ -237,7 +238,7 @@ def saliency(config: ml_collections.ConfigDict, state: TrainState, video: np.nda
 
 def _raw_query_crops(config, source, video_id: str) -> np.ndarray | None:
   """uint8[Q T, 64, 64, 3] crops of the query frames of a video (from its record)."""
-  s, q, t = config.meta.fewshots, config.eval.queries, config.data.window
+  s, q, t = config.meta.fewshots, config.eval.queries, preprocess.WINDOW
   for r in range(len(source)):
     record = source[r]
     vid = record["video_id"]
@@ -306,8 +307,8 @@ def _notes(config, results: dict, data: EvalData, checkpoint: str | None) -> lis
   notes = [
       f"Dataset `{config.data.dataset}` (config `{config.data.builder_config or 'default'}`), "
       f"split `{split}` (domain `{data.domain}`): {len(data.video_ids)} videos. Every method is "
-      f"scored on the same {config.eval.queries} query windows of {config.data.window} frames "
-      f"a video ({config.eval.queries * config.data.window / data.fps:.0f} s, after "
+      f"scored on the same {config.eval.queries} query windows of {preprocess.WINDOW} frames "
+      f"a video ({config.eval.queries * preprocess.WINDOW / data.fps:.0f} s, after "
       f"{config.meta.fewshots} unlabelled support window(s) that only Meta-rPPG adapts on). "
       f"HR per window of {config.eval.hr_window_s:g} s every {config.eval.hr_stride_s:g} s, "
       f"estimator `{config.eval.hr_estimator}`; a video's HR is the mean of its windows'. ± is "
@@ -378,7 +379,7 @@ def _heatmaps(config, workdir: pathlib.Path, state, source, data: EvalData, sigs
       continue
     # The first HEATMAP_WINDOWS query windows (a gradient per input pixel is costly).
     shown = config.meta.fewshots + min(HEATMAP_WINDOWS, config.eval.queries)
-    frames = (shown - config.meta.fewshots) * config.data.window
+    frames = (shown - config.meta.fewshots) * preprocess.WINDOW
     before = saliency(config, state, data.x[i, :shown], adapt=False)
     after = saliency(config, state, data.x[i, :shown], adapt=True)
     crops, sig = crops[:frames], sigs["meta_rppg"][i, :frames]

@@ -105,7 +105,7 @@ def load_clip(path: str | os.PathLike, config) -> dict:
   frames = video.frames
   if abs(video.fps - fps) > 0.05 * fps:
     frames, _ = preprocess.resample_video(frames, video.timestamps, fps)
-  window, fewshots = config.data.window, config.meta.fewshots
+  window, fewshots = preprocess.WINDOW, config.meta.fewshots
   need = (fewshots + 1) * window
   if frames.shape[0] < need:
     raise DataError(
@@ -135,7 +135,8 @@ def predict_clip(clip: dict, config, state) -> dict[str, Any]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from metarppg_jax import heart_rate  # pylint: disable=g-import-not-at-top
   from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
-  fps, window, fewshots = clip["fps"], config.data.window, config.meta.fewshots
+  from metarppg_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  fps, window, fewshots = clip["fps"], preprocess.WINDOW, config.meta.fewshots
   out = inference.evaluate_videos(config, state, jnp.asarray(clip["x"][None]), adapt=True)
   signal = np.asarray(out["expected_level"][0]).reshape(-1).astype(np.float32)
   offset_s = fewshots * window / fps

@@ -15,7 +15,7 @@ and is put on a uniform time grid (the nearest frame to each k / fps, as
 Methods:
 - meta_rppg (default): the model of --workdir / --checkpoint (restored as `predict` does), or
   the packaged pretrained model (`metarppg_jax.pretrained`) when neither is given. The crops
-  are cut into the model's windows (`data.window` frames at `data.fps`), skin-masked
+  are cut into the model's windows (`preprocess.WINDOW` frames at `data.fps`), skin-masked
   (`faces.skin_mask` over the last `--window_s` of crops) and normalised
   (`preprocess.normalize_clip` with `data.normalization`), so the model sees what it was
   trained on. It adapts once, without labels (`inference.adapt`), on the first `meta.fewshots`
@@ -228,7 +228,7 @@ class MetaRPPG:
     from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
     rule = config.meta.lstm_state_rule
     self.fps = float(config.data.fps)
-    self.chunk = int(config.data.window)
+    self.chunk = preprocess.WINDOW
     self.fewshots = int(config.meta.fewshots)
     self.do_adapt = config.method != "no_adaptation"
     self.normalization = config.data.normalization

@@ -47,6 +47,7 @@ from metarppg_jax import history as history_lib
 from metarppg_jax import meta
 from metarppg_jax import sharding
 from metarppg_jax.data import input_pipeline
+from metarppg_jax.data import preprocess
 from metarppg_jax.data import splits
 from metarppg_jax.errors import MetaRPPGError
 from metarppg_jax.state import TrainState
@@ -97,7 +98,7 @@ def _test_windows(config: ml_collections.ConfigDict, source) -> dict | None:
   if not config.meta.test_in_step:
     return None
   video = next(input_pipeline.eval_videos(
-      source, window=config.data.window,
+      source, window=preprocess.WINDOW,
       num_windows=config.meta.fewshots + config.data.tasks_per_batch,
       normalization=config.data.normalization))
   return {"test_x": np.asarray(video["x"]), "test_targets": np.asarray(video["targets"])}

@@ -351,7 +351,7 @@ def _config_window_longer_than_video(tmp, media):
   # The evaluation split's shortest video is this corpus's 4 s clip (120 frames).
   return (lambda: configuration.check_against_data(
       config, split="test", num_frames=len(media.frames), purpose="eval",
-      source="my_dataset")), "data.window"
+      source="my_dataset")), "too long"
 
 
 def _workdir_not_writable(tmp, media):

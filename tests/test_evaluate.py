@@ -12,6 +12,7 @@ from metarppg_jax import evaluate
 from metarppg_jax import metrics
 from metarppg_jax import reports
 from metarppg_jax import train
+from metarppg_jax.data import preprocess
 from metarppg_jax.data import splits
 from metarppg_jax.errors import CheckpointError
 
@@ -50,7 +51,7 @@ def test_same_windows_for_every_method(data_dir, tmp_path):
   config = _config(data_dir)
   sources = splits.load(config, tmp_path)
   data = evaluate.load_eval_data(config, sources["test"], "test")
-  s, q, t = config.meta.fewshots, config.eval.queries, config.data.window
+  s, q, t = config.meta.fewshots, config.eval.queries, preprocess.WINDOW
   assert data.x.shape[:3] == (2, s + q, t)
   assert data.rgb.shape == (2, q * t, 3) and data.ppg.shape == (2, q * t)
   sig = evaluate.signals(config, None, data, ("green", "chrom"))

@@ -112,33 +112,33 @@ def test_process_shards_are_disjoint(source):
 
 def config(**data):
   cfg = ml_collections.ConfigDict({"seed": 7, "data": {
-      "tasks_per_batch": 2, "window": W, "stride": W, "normalization": "sound",
+      "tasks_per_batch": 2, "stride": W, "normalization": "sound",
       "worker_count": 0}})
   cfg.data.update(data)
   return cfg
 
 
 def test_resume_from_state_is_exact(source):
-  it = ip.train_iterator(config(), source)
+  it = ip.train_iterator(config(), source, window=W)
   for _ in range(3):
     next(it)
   state = it.get_state()
   expected = [tasks_of(next(it)) for _ in range(4)]
-  fresh = ip.train_iterator(config(), source)
+  fresh = ip.train_iterator(config(), source, window=W)
   fresh.set_state(state)
   assert [tasks_of(next(fresh)) for _ in range(4)] == expected
 
 
 def test_device_iterator_shards_and_resumes_exactly(source):
   mesh = jax.make_mesh((1,), ("data",))
-  it = ip.train_iterator(config(), source, mesh=mesh, prefetch=3)
+  it = ip.train_iterator(config(), source, mesh=mesh, prefetch=3, window=W)
   first = next(it)
   assert isinstance(first["x"], jax.Array) and first["x"].shape == (2, 3, W, 64, 64, 3)
   assert first["x"].sharding.spec == jax.sharding.PartitionSpec("data")
   next(it)
   state = it.get_state()   # three batches are prefetched beyond it: must not matter
   expected = [tasks_of(jax.device_get(next(it))) for _ in range(3)]
-  plain = ip.train_iterator(config(), source)
+  plain = ip.train_iterator(config(), source, window=W)
   plain.set_state(state)
   assert [tasks_of(next(plain)) for _ in range(3)] == expected
   it.set_state(state)
@@ -205,7 +205,7 @@ def test_eval_videos(source):
 
 def test_benchmark_pipeline_reports_units(source, load_experiment):
   figures = load_experiment("benchmark").benchmark_pipeline(config(), source, num_batches=2,
-                                                            read_threads=1)
+                                                            read_threads=1, window=W)
   assert set(figures) == {"pipeline_clips_per_s", "pipeline_cpu_s_per_clip",
                           "pipeline_startup_s"}
   assert all(v > 0 for v in figures.values())

@@ -223,7 +223,7 @@ def test_meta_rppg_without_a_model():
       stream.load_model(None, None, None)
     return
   config, state = stream.load_model(None, None, None)
-  assert config.data.window == 60 and state.params
+  assert state.params
 
 
 def test_sigint_ends_with_the_summary(clip):

@@ -80,7 +80,7 @@ def task_index(source, *, window: int, stride: int,
   index = np.concatenate(rows, axis=0) if rows else np.zeros((0, 2), np.int64)
   if index.shape[0] == 0:
     raise ConfigError(f"no training task: every video is shorter than {windows_per_task} "
-                      f"windows of {window} frames (data.window)")
+                      f"windows of {window} frames")
   return index
 
 
@@ -196,7 +196,7 @@ class DeviceIterator:
 def train_iterator(config, source, *, mesh: Optional[jax.sharding.Mesh] = None,
                    process_index: Optional[int] = None, process_count: Optional[int] = None,
                    num_epochs: Optional[int] = None, prefetch: int = 2,
-                   read_threads: Optional[int] = None):
+                   read_threads: Optional[int] = None, window: int = preprocess.WINDOW):
   """Training batches from `config` (the whole ConfigDict: `config.data`, `config.seed`).
 
   With a mesh, batches are global jax.Arrays sharded over its "data" axis (prefetched to
@@ -207,7 +207,7 @@ def train_iterator(config, source, *, mesh: Optional[jax.sharding.Mesh] = None,
   data = config.data
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
-  ds = train_dataset(source, tasks_per_batch=data.tasks_per_batch, window=data.window,
+  ds = train_dataset(source, tasks_per_batch=data.tasks_per_batch, window=window,
                      stride=data.stride, normalization=data.normalization, seed=config.seed,
                      num_epochs=num_epochs, process_index=pi, process_count=pc)
   threads = read_threads or min(8, os.cpu_count() or 1)
