@@ -4,12 +4,14 @@ r"""Remakes the pretrained model shipped in the package (metarppg_jax/weights/).
       [--out metarppg_jax/weights] [--config.optim.num_epochs=8 ...]
 
 Trains the config in WORKDIR (a rerun resumes; a finished run is only re-exported), takes the
-checkpoint with the lowest validation MAE (else the last), and writes it with its config and
-an info.json (`pretrained.export`): the command, the training steps, the data it was trained
-on, and the figures it measured on the test split (per-video MAE with and without adaptation,
-the best classical method, the paired comparison of adaptation).
+checkpoint with the lowest validation MAE (else the last), evaluates it on the test split and
+writes it with its config and an info.json (`pretrained.export`): the command, the training
+steps, the data it was trained on, and the figures that checkpoint measured on the test split
+(per-video MAE with and without adaptation, every classical method, the paired comparison of
+adaptation).
 """
 
+import copy
 import json
 import pathlib
 import sys
@@ -19,9 +21,11 @@ from absl import flags
 
 from metarppg_jax import checkpoints
 from metarppg_jax import configuration
+from metarppg_jax import evaluate
 from metarppg_jax import main as entry  # defines --config and --workdir, as for main
 from metarppg_jax import pretrained
 from metarppg_jax import train
+from metarppg_jax.data import splits
 from metarppg_jax.errors import MetaRPPGError
 
 FLAGS = flags.FLAGS
@@ -39,14 +43,16 @@ def _summary(metrics: dict, split: str) -> dict:
 
 
 def make(config, workdir: str, out: str | pathlib.Path, command: str) -> pathlib.Path:
-  """Trains (or resumes) `config` in `workdir` and exports its best state to `out`."""
-  results = train.train_and_evaluate(config, workdir)
+  """Trains (or resumes) `config` in `workdir`, exports its best state to `out` with the
+  figures that state measures on the test split (evaluated again in WORKDIR/exported)."""
+  train.train_and_evaluate(config, workdir)
   target = checkpoints.target_state(config)
   try:
     restored = checkpoints.restore_best(workdir, target)
   except MetaRPPGError:
     restored = checkpoints.restore_latest(workdir, target)
-  split = config.data.eval_split
+  results = evaluate.evaluate(config, pathlib.Path(workdir) / "exported", restored.state,
+                              sources=splits.load(config, workdir), plots=False)
   info = {
       "command": command,
       "trained_on": (f"synthetic only: the built-in generator's {config.data.dataset} "
@@ -54,9 +60,12 @@ def make(config, workdir: str, out: str | pathlib.Path, command: str) -> pathlib
                      f"('{config.data.train_split}' split); no real faces"),
       "steps": int(restored.state.step),
       "checkpoint": restored.path,
-      "test": _summary(results["metrics"], split),
+      "test": _summary(results["metrics"], config.data.eval_split),
   }
-  return pretrained.export(config, restored.state, out, info)
+  shipped = copy.deepcopy(config)
+  with shipped.unlocked():
+    shipped.data.data_dir = ""  # a path of the machine it was trained on
+  return pretrained.export(shipped, restored.state, out, info)
 
 
 def main(argv):
