@@ -48,3 +48,18 @@ def compare(reference_dir):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+  """A workdir with configs/tiny.py's config.json and a checkpoint of the initialised model
+  (for tests of a program's plumbing, not of the model's accuracy)."""
+  from metarppg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from metarppg_jax import configuration  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp("workdir")
+  config = configuration.from_file(REPO / "configs" / "tiny.py")
+  configuration.write(config, path)
+  mgrs = checkpoints.managers(path, async_save=False)
+  checkpoints.save(mgrs, checkpoints.target_state(config), step=0)
+  checkpoints.close(mgrs)
+  return path

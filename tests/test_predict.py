@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from metarppg_jax import checkpoints
 from metarppg_jax import configuration
 from metarppg_jax import predict
 from metarppg_jax.data import synthetic
@@ -29,16 +28,8 @@ def config_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A workdir with config.json and a checkpoint (an initialised model: predict's plumbing,
-  not the model's accuracy, is under test)."""
-  path = tmp_path_factory.mktemp("workdir")
-  config = configuration.from_file(REPO / "configs" / "tiny.py")
-  configuration.write(config, path)
-  mgrs = checkpoints.managers(path, async_save=False)
-  checkpoints.save(mgrs, checkpoints.target_state(config), step=0)
-  checkpoints.close(mgrs)
-  return path
+def workdir(tiny_workdir):
+  return tiny_workdir
 
 
 def _write(path, seconds, *, codec="h264", seed=1):

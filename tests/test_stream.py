@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 
 from metarppg_jax import baselines
-from metarppg_jax import checkpoints
-from metarppg_jax import configuration
 from metarppg_jax import stream
 from metarppg_jax.data import live_source
 from metarppg_jax.data import preprocess
@@ -251,16 +249,8 @@ def test_sigint_ends_with_the_summary(clip):
 # ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """A workdir with config.json and an initialised model's checkpoint (the stream's plumbing,
-  not the model's accuracy, is under test)."""
-  path = tmp_path_factory.mktemp("workdir")
-  config = configuration.from_file(REPO / "configs" / "tiny.py")
-  configuration.write(config, path)
-  mgrs = checkpoints.managers(path, async_save=False)
-  checkpoints.save(mgrs, checkpoints.target_state(config), step=0)
-  checkpoints.close(mgrs)
-  return path
+def workdir(tiny_workdir):
+  return tiny_workdir
 
 
 def test_meta_rppg_adapts_then_reads(clip, workdir):

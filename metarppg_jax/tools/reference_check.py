@@ -38,15 +38,21 @@ from metarppg_jax.errors import DataError, MetaRPPGError
 
 
 
-def load_inputs(path: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-  """`x f[N, T, H, W, 3]`, `targets i[N, T]` from an inputs `.npz`, checked."""
+def read_npz(path: str, what: str) -> dict[str, np.ndarray]:
+  """Every array of a `.npz` file (no pickles); DataError naming the file and `what` it is
+  when it is missing or unreadable."""
   if not os.path.exists(path):
-    raise DataError(f"{path}: no such inputs file")
+    raise DataError(f"{path}: no such {what} file")
   try:
     with np.load(path, allow_pickle=False) as f:
-      data = {k: f[k] for k in f.files}
+      return {k: f[k] for k in f.files}
   except (ValueError, OSError) as e:
-    raise DataError(f"{path}: not a readable .npz inputs file ({e})") from e
+    raise DataError(f"{path}: not a readable .npz {what} file ({e})") from e
+
+
+def load_inputs(path: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+  """`x f[N, T, H, W, 3]`, `targets i[N, T]` from an inputs `.npz`, checked."""
+  data = read_npz(path, "inputs")
   for key in ("x", "targets"):
     if key not in data:
       raise DataError(f"{path}: missing key {key!r} (has {sorted(data)})")

@@ -14,7 +14,6 @@ PyTorch layouts (through `original_checkpoint.to_flat`). `--x64` runs everything
 (checkpoint and inputs cast), for the `*_f64.npz` twins.
 """
 
-import os
 import pathlib
 from typing import Mapping
 
@@ -43,13 +42,8 @@ def reference_config(adapt_position: str, fewshots: int):
 
 def load_step_inputs(path: str, dtype=np.float32) -> dict[str, np.ndarray]:
   """The step file's windows, checked: x-like keys f[N, T, H, W, 3], targets i32[N, T]."""
-  if not os.path.exists(path):
-    raise DataError(f"{path}: no such step inputs file")
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      data = {k: f[k] for k in f.files}
-  except (ValueError, OSError) as e:
-    raise DataError(f"{path}: not a readable .npz step inputs file ({e})") from e
+  from metarppg_jax.tools import reference_check  # pylint: disable=g-import-not-at-top
+  data = reference_check.read_npz(path, "step inputs")
   missing = [k for k in STEP_KEYS if k not in data]
   if missing:
     raise DataError(f"{path}: missing keys {missing} (a step file holds {list(STEP_KEYS)})")
