@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from metarppg_jax.data import build
 from metarppg_jax.data import synthetic
 from metarppg_jax.data.builders import base
+from metarppg_jax.data.builders import synthetic_rppg
 from metarppg_jax.errors import DataError
 
 VERSION = str(base.RppgBuilder.VERSION)
@@ -83,10 +84,11 @@ def test_load_dataset_builds_synthetic_on_first_use(tmp_path):
   assert {k: len(v) for k, v in sources.items()} == {"train": 3, "validation": 1, "test": 2}
   record = sources["test"][0]
   assert record["frames"].shape == (210, 64, 64, 3) and record["domain"] == b"shifted"
-  stamp = os.path.getmtime(tmp_path / "synthetic_rppg" / "tiny" / VERSION / "dataset_info.json")
+  info = tmp_path / "synthetic_rppg" / "tiny" / str(synthetic_rppg.SyntheticRppg.VERSION) / (
+      "dataset_info.json")
+  stamp = os.path.getmtime(info)
   again = build.load_dataset("synthetic_rppg", str(tmp_path), "tiny")   # reused, not rebuilt
-  assert os.path.getmtime(
-      tmp_path / "synthetic_rppg" / "tiny" / VERSION / "dataset_info.json") == stamp
+  assert os.path.getmtime(info) == stamp
   np.testing.assert_array_equal(again["test"][0]["ppg"], record["ppg"])
   # End to end: build -> eval windows -> LGI on the masked RGB means recovers the generator's
   # heart rate on the source-domain videos (the rgb trace is aligned with the hr labels).
@@ -95,7 +97,9 @@ def test_load_dataset_builds_synthetic_on_first_use(tmp_path):
   for split in ("train", "validation"):
     for v in input_pipeline.eval_videos(again[split], window=60):
       signal = baselines.rppg_signal("lgi", v["rgb"].reshape(-1, 3), v["fps"])
-      assert abs(float(heart_rate.hr_estimate(signal, v["fps"])) - v["hr"].mean()) < 2.0
+      # 6 s of signal: 10 bpm between FFT bins, interpolated; the physically rendered videos'
+      # light and motion leave up to 2.6 bpm (measured on validation video 0).
+      assert abs(float(heart_rate.hr_estimate(signal, v["fps"])) - v["hr"].mean()) < 3.0
 
 
 def test_benchmark_build_counts_stored_frames(ubfc_manual, tmp_path, load_experiment):

@@ -44,11 +44,13 @@ class SyntheticRppg(base.RppgBuilder):
   """Synthetic face videos with a known pulse: source domain for training, shifted for test."""
 
   # 2.0.0: the generator renders 3-D faces lit after the pose, with specular reflection,
-  # in-band light and H.264 (a dataset built by 1.x must not be reused).
-  VERSION = tfds.core.Version("2.0.0")
+  # in-band light and H.264 (a dataset built by 1.x must not be reused); 2.1.0: records carry
+  # their frame count and the validation_shifted split.
+  VERSION = tfds.core.Version("2.1.0")
   RELEASE_NOTES = {**base.RppgBuilder.RELEASE_NOTES,
                    "2.0.0": "Physically based generator: shading, specular, in-band light and "
-                            "motion, H.264; source/shifted recalibrated."}
+                            "motion, H.264; source/shifted recalibrated.",
+                   "2.1.0": "num_frames: each video's frame count; validation_shifted split."}
   USES_MANUAL_DIR = False
   MANUAL_DOWNLOAD_INSTRUCTIONS = "none: the videos are generated"
   BUILDER_CONFIGS = [
