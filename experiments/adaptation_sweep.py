@@ -4,8 +4,8 @@ r"""How much test-time adaptation changes a trained model, over its hyperparamet
       [--adapt_lr 1e-5,1e-4,1e-3,1e-2] [--fewshots 1,2] [--json OUT.json]
 
 Restores the workdir's best checkpoint (else its latest) and, for every inner learning rate
-and number of support windows, evaluates Meta-rPPG with and without the transductive
-adaptation on the same query windows of `--split`: per-video MAE of both and the paired
+and number of support windows (the queries are the windows after them), evaluates Meta-rPPG
+with and without the transductive adaptation on the same query windows of `--split`: per-video MAE of both and the paired
 difference (bootstrap 95 % interval, Wilcoxon p; `metrics.paired_comparison`). Choose the
 adaptation's hyperparameters on a validation split (validation_shifted: the test domain,
 videos disjoint from test), never on test.
@@ -54,6 +54,8 @@ def sweep(workdir: str, split: str, adapt_lrs: list[float], fewshots: list[int])
   for shots in fewshots:
     config = copy.deepcopy(base)
     with config.unlocked():
+      # The same windows a video whatever the support: more support, fewer queries.
+      config.eval.queries = base.eval.queries + base.meta.fewshots - shots
       config.meta.fewshots = shots
     data = evaluate.load_eval_data(config, source, split)
     truth = evaluate.true_hr(config, data)
