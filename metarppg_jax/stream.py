@@ -462,14 +462,6 @@ def load_model(workdir: str | None, checkpoint: str | None, config_file: str | N
   """(config, state): the model of --workdir / --checkpoint / --config, or without them the
   packaged pretrained model (`metarppg_jax.pretrained`), as `predict.model` finds them."""
   classical = f"or choose a classical --method ({', '.join(sorted(baselines.METHODS))})"
-  try:
-    from metarppg_jax import pretrained  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    if not workdir and not checkpoint:
-      raise ConfigError(
-          "meta_rppg needs a trained model and no packaged pretrained model is installed: "
-          f"pass --workdir DIR (a training workdir) or --checkpoint PATH --config FILE, "
-          f"{classical}") from None
   from metarppg_jax import predict  # pylint: disable=g-import-not-at-top
   try:
     config, restore = predict.model(workdir=workdir, checkpoint=checkpoint,
