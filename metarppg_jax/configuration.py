@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from metarppg_jax.data.preprocess import WINDOW  # frames a model window has
+from metarppg_jax.data.preprocess import NORMALIZATIONS, WINDOW  # WINDOW: frames a model window has
 from metarppg_jax.errors import ConfigError
 
 METHODS = ("meta_rppg", "no_adaptation", "pos", "chrom", "green", "ica", "lgi", "pbv", "omit")
@@ -111,7 +111,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "data.manual_dir": (str, _any),
     "data.stride": (int, _AT_LEAST_1),
     "data.tasks_per_batch": (int, _AT_LEAST_1),
-    "data.normalization": (str, _one_of("sound", "reference")),
+    "data.normalization": (str, _one_of(*NORMALIZATIONS)),
     "data.fps": (float, _POSITIVE),
     "data.train_split": (str, lambda v: None if v else "must name a split"),
     "data.eval_split": (str, lambda v: None if v else "must name a split"),

@@ -127,8 +127,8 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
   if tasks_per_batch % process_count:
     raise ConfigError(f"data.tasks_per_batch={tasks_per_batch} must be divisible by the "
                       f"number of processes ({process_count})")
-  if normalization not in ("sound", "reference"):
-    raise ConfigError(f"data.normalization must be 'sound' or 'reference', got "
+  if normalization not in preprocess.NORMALIZATIONS:
+    raise ConfigError(f"data.normalization must be one of {preprocess.NORMALIZATIONS}, got "
                       f"{normalization!r}")
   index = task_index(source, window=window, stride=stride, windows_per_task=windows_per_task)
   ds = grain.MapDataset.source(index).shuffle(seed=seed).repeat(num_epochs)
