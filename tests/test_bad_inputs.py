@@ -239,7 +239,7 @@ def _example(tmp, media, gt_seconds):
                            np.full(n, 72.0), t)
 
   def call():
-    video = video_lib.read_video(path)
+    video = video_lib.VideoFile(path)
     gt = ground_truth.read_ubfc2(str(gt_path))
     return base.example_from_video(video, gt, config=base.RppgConfig(name="t"),
                                    source=str(path), subject="s1", video_id="s1",

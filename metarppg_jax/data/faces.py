@@ -13,7 +13,10 @@ median colour of the face's centre, so dark skin in dim or tinted light is kept)
 classic fixed box (Chai & Ngan 1999: 133 <= Cr <= 173, 77 <= Cb <= 127).
 
 `crop_boxes` and `skin_mask` are the two halves without detection, for callers that know the
-face box (the synthetic generator's fast path).
+face box (the synthetic generator's fast path). `face_crops` is `key_frames` ->
+`detect_candidates` -> `track_boxes` -> `crop_boxes` -> `skin_mask`; the dataset build runs the
+same steps over a video decoded in passes (builders/base.py), with the skin colour from the
+`skin_samples` of all its crops, so that it never holds the decoded video.
 """
 
 import functools
@@ -249,8 +252,32 @@ def _ellipse(height: int, width: int, semi_axes: tuple[float, float]) -> np.ndar
   return (x[None, :] / semi_axes[0]) ** 2 + (y[:, None] / semi_axes[1]) ** 2 <= 1.0
 
 
+def _ycrcb(crops: np.ndarray) -> np.ndarray:
+  """3x3-averaged YCrCb of crops: uint8[T, H, W, 3] RGB -> int16[T, H, W, 3]."""
+  width = crops.shape[2]
+  smooth = _box_blur3(crops.astype(np.float32)).astype(np.uint8)
+  flat = np.ascontiguousarray(smooth.reshape(-1, width, 3))
+  return cv2.cvtColor(flat, cv2.COLOR_RGB2YCrCb).reshape(crops.shape).astype(np.int16)
+
+
+def _centre(height: int, width: int, ellipse: tuple[float, float] | None) -> np.ndarray:
+  """bool[H, W]: the central face region the adaptive skin colour is learnt from."""
+  return _ellipse(height, width,
+                  (ellipse[0] / 2, ellipse[1] / 2) if ellipse else (0.25, 0.25))
+
+
+def skin_samples(crops: np.ndarray, *,
+                 ellipse: tuple[float, float] | None = None) -> np.ndarray:
+  """The (Y, Cr, Cb) of every crop's central face region: uint8[T, H, W, 3] -> int16[N, 3].
+
+  Their median over a video is its skin colour (`skin_mask`); a caller cropping a video in
+  chunks collects them chunk by chunk.
+  """
+  return _ycrcb(crops)[:, _centre(*crops.shape[1:3], ellipse)].reshape(-1, 3)
+
+
 def skin_mask(crops: np.ndarray, *, ellipse: tuple[float, float] | None = None,
-              adaptive: bool = True) -> np.ndarray:
+              adaptive: bool = True, colour: np.ndarray | None = None) -> np.ndarray:
   """Skin mask of face crops: uint8[T, H, W, 3] RGB -> uint8[T, H, W] in {0, 1}.
 
   Colours are 3x3-averaged first (sensor noise and JPEG blocks scatter single pixels).
@@ -268,16 +295,16 @@ def skin_mask(crops: np.ndarray, *, ellipse: tuple[float, float] | None = None,
       ellipse centred in the crop; pixels outside it are not skin (hair, walls, necks at the
       crop's corners). None: no prior (and the adaptive centre is the middle half).
     adaptive: see above.
+    colour: f[3] the video's skin colour when the crops are a part of it (the median of its
+      `skin_samples`); None: learnt from `crops`.
   """
-  t, height, width = crops.shape[:3]
-  smooth = _box_blur3(crops.astype(np.float32)).astype(np.uint8)
-  flat = np.ascontiguousarray(smooth.reshape(-1, width, 3))
-  ycrcb = cv2.cvtColor(flat, cv2.COLOR_RGB2YCrCb).reshape(crops.shape).astype(np.int16)
+  height, width = crops.shape[1:3]
+  ycrcb = _ycrcb(crops)
   luma, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]
   prior = _ellipse(height, width, ellipse) if ellipse is not None else None
   if adaptive:
-    inner = _ellipse(height, width, (ellipse[0] / 2, ellipse[1] / 2) if ellipse else (0.25, 0.25))
-    ref = np.median(ycrcb[:, inner].reshape(-1, 3), axis=0)
+    ref = colour if colour is not None else np.median(
+        ycrcb[:, _centre(height, width, ellipse)].reshape(-1, 3), axis=0)
     skin = ((np.abs(cr - ref[1]) <= ADAPTIVE_CHROMA) & (np.abs(cb - ref[2]) <= ADAPTIVE_CHROMA)
             & (luma >= ADAPTIVE_LUMA[0] * ref[0]) & (luma <= ADAPTIVE_LUMA[1] * ref[0] + 8))
   else:
@@ -291,6 +318,60 @@ def skin_mask(crops: np.ndarray, *, ellipse: tuple[float, float] | None = None,
 def face_ellipse(enlarge: float) -> tuple[float, float]:
   """The face prior of a crop `enlarge` times the detected box: semi-axes as crop fractions."""
   return (min(0.55 / enlarge, 0.5), min(0.72 / enlarge, 0.5))
+
+
+def key_frames(num_frames: int, detect_every: int) -> np.ndarray:
+  """The frames the detector runs on: 0, k, 2k, ... and the last: i64[K]."""
+  return np.unique(np.append(np.arange(0, num_frames, int(detect_every)), num_frames - 1))
+
+
+def track_boxes(candidates: list[np.ndarray], num_frames: int, height: int, width: int, *,
+                detect_every: int = 10, enlarge: float = 1.6, smooth: int = 15,
+                min_face_fraction: float = 0.5,
+                source: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """Every frame's crop box from the detections on the key frames (`face_crops`' tracking).
+
+  Args:
+    candidates: K arrays f32[n_k, 4], `detect_candidates` on the frames
+      `key_frames(num_frames, detect_every)`.
+    num_frames, height, width: the video's length and frame size.
+    detect_every, enlarge, smooth, min_face_fraction, source: as `face_crops`.
+
+  Returns:
+    (boxes f32[T, 4] (x, y, w, h), detected bool[T]).
+
+  Raises:
+    DataError (naming `source`): as `face_crops`.
+  """
+  name = source or "video"
+  t = num_frames
+  keys = key_frames(t, detect_every)
+  found = _consistent(candidates)
+  ok = ~np.isnan(found[:, 0])
+  if not ok.any():
+    raise DataError(f"{name}: no face found in any of the {len(keys)} frames checked "
+                    f"(every {detect_every} of {t} frames)")
+  fraction = ok.mean()
+  if fraction < min_face_fraction:
+    lost = keys[~ok]
+    raise DataError(
+        f"{name}: face lost mid-video: found in {ok.sum()} of {len(keys)} detection frames "
+        f"({fraction:.0%} < {min_face_fraction:.0%}); not found around frames "
+        f"{lost[0]}..{lost[-1]}")
+  good = found[ok]
+  # Keyframe track (cx, cy, side), robustly smoothed: Haar boxes come in scale steps of 10 %
+  # and jitter by a few pixels, and each jump would change what the crop holds.
+  key_track = np.stack([good[:, 0] + good[:, 2] / 2, good[:, 1] + good[:, 3] / 2,
+                        np.sqrt(good[:, 2] * good[:, 3])], axis=1)
+  key_track[:, :2] = _running_median(key_track[:, :2], CENTER_MEDIAN)
+  key_track[:, 2:] = _running_median(key_track[:, 2:], SIDE_MEDIAN)
+  frame_idx = np.arange(t)
+  track = np.stack([np.interp(frame_idx, keys[ok], k) for k in key_track.T], axis=1)
+  track = _moving_average(track, smooth)
+  boxes = square_boxes(track[:, :2], enlarge * track[:, 2], height, width)
+  detected = np.zeros(t, bool)
+  detected[keys[ok]] = True
+  return boxes, detected
 
 
 def face_crops(frames: np.ndarray, *, size: int = CROP_SIZE, detect_every: int = 10,
@@ -327,31 +408,9 @@ def face_crops(frames: np.ndarray, *, size: int = CROP_SIZE, detect_every: int =
   t, height, width = frames.shape[:3]
   if t == 0:
     raise DataError(f"{name}: no frames")
-  keys = np.unique(np.append(np.arange(0, t, int(detect_every)), t - 1))
-  found = _consistent(detect_candidates(frames, keys))
-  ok = ~np.isnan(found[:, 0])
-  if not ok.any():
-    raise DataError(f"{name}: no face found in any of the {len(keys)} frames checked "
-                    f"(every {detect_every} of {t} frames)")
-  fraction = ok.mean()
-  if fraction < min_face_fraction:
-    lost = keys[~ok]
-    raise DataError(
-        f"{name}: face lost mid-video: found in {ok.sum()} of {len(keys)} detection frames "
-        f"({fraction:.0%} < {min_face_fraction:.0%}); not found around frames "
-        f"{lost[0]}..{lost[-1]}")
-  good = found[ok]
-  # Keyframe track (cx, cy, side), robustly smoothed: Haar boxes come in scale steps of 10 %
-  # and jitter by a few pixels, and each jump would change what the crop holds.
-  key_track = np.stack([good[:, 0] + good[:, 2] / 2, good[:, 1] + good[:, 3] / 2,
-                        np.sqrt(good[:, 2] * good[:, 3])], axis=1)
-  key_track[:, :2] = _running_median(key_track[:, :2], CENTER_MEDIAN)
-  key_track[:, 2:] = _running_median(key_track[:, 2:], SIDE_MEDIAN)
-  frame_idx = np.arange(t)
-  track = np.stack([np.interp(frame_idx, keys[ok], k) for k in key_track.T], axis=1)
-  track = _moving_average(track, smooth)
-  boxes = square_boxes(track[:, :2], enlarge * track[:, 2], height, width)
+  keys = key_frames(t, detect_every)
+  boxes, detected = track_boxes(detect_candidates(frames, keys), t, height, width,
+                                detect_every=detect_every, enlarge=enlarge, smooth=smooth,
+                                min_face_fraction=min_face_fraction, source=name)
   crops = crop_boxes(frames, boxes, size)
-  detected = np.zeros(t, bool)
-  detected[keys[ok]] = True
   return FaceCrops(crops, skin_mask(crops, ellipse=face_ellipse(enlarge)), boxes, detected)

@@ -89,6 +89,108 @@ class _FrameBuffer:
     return self._array[:self.count].copy()
 
 
+class VideoFile:
+  """A video file decoded frame by frame, in as many passes as the caller needs.
+
+  The dataset build reads a video twice (faces detected on every k-th frame, then every frame
+  cropped) so that memory holds one decoded frame at a time, not the video; `read_video`
+  is one pass that keeps every frame. Each pass decodes the stream from its start (decoding
+  is deterministic, so every pass sees the same frames).
+
+  After a pass that ran to the end of the stream (or `max_frames`): `num_frames`,
+  `timestamps` f64[T], `fps` and `warnings` (as in `Video`).
+  """
+
+  def __init__(self, path: PathLike, *, max_frames: int | None = None):
+    """Opens the file to check it (DataError naming it: missing, empty, not a video, no video
+    stream) and reads the stream's size and declared frame count."""
+    self.path = pathlib.Path(path)
+    _check_file(self.path)
+    if max_frames is not None and max_frames < 1:
+      raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    self.max_frames = max_frames
+    with self._open() as container:
+      stream = container.streams.video[0]
+      self.declared = stream.frames or 0
+      self.width, self.height = stream.width, stream.height
+      self.pix_fmt = stream.codec_context.pix_fmt or ""
+    self.num_frames = None
+    self.timestamps = None
+    self.fps = None
+    self.warnings = ()
+
+  def _open(self):
+    try:
+      container = av.open(str(self.path), mode="r")
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as e:
+      raise DataError(f"{self.path}: not a readable video ({type(e).__name__}: {e})") from e
+    if not container.streams.video:
+      container.close()
+      raise DataError(f"{self.path}: the file has no video stream")
+    return container
+
+  def frames(self, wanted=None, *, last: bool = False):
+    """One pass: yields (i, uint8[H, W, 3] RGB) for every frame i with `wanted(i)` (None: all).
+
+    Frames not wanted are decoded (the codec needs them) but not converted to RGB. With
+    `last`, the stream's last frame is yielded too (after the pass, when not wanted): its
+    index is known only once the stream ends.
+
+    Raises:
+      DataError (naming the file): no decodable frame; timestamps that cannot be made
+        increasing; a later pass that decodes a different number of frames than the first.
+    """
+    path, warnings = self.path, []
+    if self.pix_fmt.startswith(("gray", "mono", "ya")):
+      warnings.append(f"{path}: greyscale video ({self.pix_fmt}): the three colour channels "
+                      "are equal, so the pulse is seen in brightness only")
+    pts, held, size = [], None, None
+    with self._open() as container:
+      stream = container.streams.video[0]
+      stream.thread_type = "AUTO"
+      time_base = stream.time_base
+      try:
+        for frame in container.decode(stream):
+          i = len(pts)
+          if i and (frame.height, frame.width) != size:
+            raise ValueError(f"frame {i} is {frame.width}x{frame.height}, earlier frames "
+                             f"{size[1]}x{size[0]}")
+          size = (frame.height, frame.width)
+          pts.append(frame.pts)
+          if wanted is None or wanted(i):
+            yield i, frame.to_ndarray(format="rgb24")
+            held = None
+          elif last:
+            held = frame
+          if self.max_frames is not None and len(pts) >= self.max_frames:
+            break
+      except (av.error.FFmpegError, ValueError) as e:
+        if not pts:
+          raise DataError(f"{path}: no frame could be decoded ({type(e).__name__}: {e})") from e
+        warnings.append(f"{path}: decoding stopped after {len(pts)} frames: "
+                        f"{type(e).__name__}: {e}")
+      rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    n = len(pts)
+    if n == 0:
+      raise DataError(f"{path}: the video stream has no decodable frame")
+    if self.num_frames is not None and n != self.num_frames:
+      raise DataError(f"{path}: decoded {n} frames, an earlier pass {self.num_frames}")
+    if held is not None:
+      yield n - 1, held.to_ndarray(format="rgb24")
+    if self.declared > 0 and n < self.declared and (self.max_frames is None
+                                                    or n < self.max_frames):
+      warnings.append(f"{path}: the container declares {self.declared} frames but only {n} "
+                      "decoded (truncated or corrupt file)")
+    nominal = float(rate) if rate else 0.0
+    timestamps = _timestamps(path, pts, time_base, nominal, warnings)
+    if nominal <= 0:
+      if n < 2:
+        raise DataError(f"{path}: one frame and no frame rate in the container")
+      nominal = float(1.0 / np.median(np.diff(timestamps)))
+    self.num_frames, self.timestamps, self.fps = n, timestamps, nominal
+    self.warnings = tuple(warnings)
+
+
 def read_video(path: PathLike, *, max_frames: int | None = None,
                max_bytes: int | None = MAX_DECODED_BYTES) -> Video:
   """Decodes a video file to RGB frames with timestamps from the stream's pts.
@@ -108,62 +210,21 @@ def read_video(path: PathLike, *, max_frames: int | None = None,
       The message names the file. A greyscale stream is decoded (as three equal channels)
       with a warning.
   """
-  path = pathlib.Path(path)
-  _check_file(path)
-  if max_frames is not None and max_frames < 1:
-    raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-  try:
-    container = av.open(str(path), mode="r")
-  except (av.error.FFmpegError, UnicodeDecodeError, OSError) as e:
-    raise DataError(f"{path}: not a readable video ({type(e).__name__}: {e})") from e
-  warnings = []
-  with container:
-    if not container.streams.video:
-      raise DataError(f"{path}: the file has no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    declared = stream.frames or 0
-    capacity = declared if declared > 0 else 256
-    if max_frames is not None:
-      capacity = min(capacity, max_frames)
-    if max_bytes is not None and declared > 0:
-      _check_size(path, min(declared, max_frames or declared), stream.width, stream.height,
-                  max_bytes)
-    if (stream.codec_context.pix_fmt or "").startswith(("gray", "mono", "ya")):
-      warnings.append(f"{path}: greyscale video ({stream.codec_context.pix_fmt}): the three "
-                      "colour channels are equal, so the pulse is seen in brightness only")
-    buffer = _FrameBuffer(capacity)
-    pts = []
-    time_base = stream.time_base
-    try:
-      for frame in container.decode(stream):
-        if max_bytes is not None:  # containers that declare no frame count
-          _check_size(path, buffer.count + 1, frame.width, frame.height, max_bytes,
-                      at_least=True)
-        buffer.append(frame.to_ndarray(format="rgb24"))
-        pts.append(frame.pts)
-        if max_frames is not None and buffer.count >= max_frames:
-          break
-    except (av.error.FFmpegError, ValueError) as e:
-      if buffer.count == 0:
-        raise DataError(f"{path}: no frame could be decoded ({type(e).__name__}: {e})") from e
-      warnings.append(f"{path}: decoding stopped after {buffer.count} frames: "
-                      f"{type(e).__name__}: {e}")
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-  frames = buffer.result()
-  n = frames.shape[0]
-  if n == 0:
-    raise DataError(f"{path}: the video stream has no decodable frame")
-  if declared > 0 and n < declared and (max_frames is None or n < max_frames):
-    warnings.append(f"{path}: the container declares {declared} frames but only {n} decoded "
-                    "(truncated or corrupt file)")
-  nominal = float(rate) if rate else 0.0
-  timestamps = _timestamps(path, pts, time_base, nominal, warnings)
-  if nominal <= 0:
-    if n < 2:
-      raise DataError(f"{path}: one frame and no frame rate in the container")
-    nominal = float(1.0 / np.median(np.diff(timestamps)))
-  return Video(frames, timestamps, nominal, tuple(warnings))
+  video = VideoFile(path, max_frames=max_frames)
+  declared = video.declared
+  capacity = declared if declared > 0 else 256
+  if max_frames is not None:
+    capacity = min(capacity, max_frames)
+  if max_bytes is not None and declared > 0:
+    _check_size(video.path, min(declared, max_frames or declared), video.width, video.height,
+                max_bytes)
+  buffer = _FrameBuffer(capacity)
+  for _, frame in video.frames():
+    if max_bytes is not None:  # containers that declare no frame count
+      _check_size(video.path, buffer.count + 1, frame.shape[1], frame.shape[0], max_bytes,
+                  at_least=True)
+    buffer.append(frame)
+  return Video(buffer.result(), video.timestamps, video.fps, video.warnings)
 
 
 def _check_size(path, frames: int, width: int, height: int, max_bytes: int, *,
@@ -195,6 +256,55 @@ def _timestamps(path, pts, time_base, fps, warnings) -> np.ndarray:
   return np.arange(n, dtype=np.float64) / fps
 
 
+class ImageSequence:
+  """Per-frame image files (PURE's PNGs) read in passes, as `VideoFile`: only the images a
+  pass wants are read. `num_frames`, `timestamps` and `fps` are known from the start."""
+
+  def __init__(self, paths: Sequence[PathLike], timestamps: np.ndarray | None = None, *,
+               fps: float | None = None):
+    """Checks the timestamps (DataError: no paths, timestamps of the wrong length, non-finite
+    or not increasing); see `read_image_sequence` for the arguments."""
+    paths = [pathlib.Path(p) for p in paths]
+    if not paths:
+      raise DataError("read_image_sequence: no image files given")
+    n = len(paths)
+    if timestamps is None:
+      if fps is None or fps <= 0:
+        raise DataError(f"{paths[0].parent}: image sequence without timestamps needs fps > 0")
+      t = np.arange(n, dtype=np.float64) / fps
+    else:
+      t = np.asarray(timestamps, np.float64)
+      if t.shape != (n,):
+        raise DataError(f"{paths[0].parent}: {n} images but timestamps of shape {t.shape}")
+      if not np.all(np.isfinite(t)):
+        raise DataError(f"{paths[0].parent}: timestamps contain non-finite values")
+      t = t - t[0]
+      if n > 1 and not np.all(np.diff(t) > 0):
+        raise DataError(f"{paths[0].parent}: timestamps are not strictly increasing")
+      if fps is None:
+        fps = float(1.0 / np.median(np.diff(t))) if n > 1 else 0.0
+    self.paths, self.num_frames, self.timestamps, self.fps = paths, n, t, float(fps)
+    self.warnings = ()
+    self._shape = None
+
+  def frames(self, wanted=None, *, last: bool = False):
+    """One pass: yields (i, uint8[H, W, 3] RGB) for the images with `wanted(i)` (None: all)
+    and, with `last`, the last one. DataError (naming the file): an unreadable image, or one
+    whose size differs from the others'."""
+    n = self.num_frames
+    for i, p in enumerate(self.paths):
+      if wanted is None or wanted(i) or (last and i == n - 1):
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.is_file() else None
+        if image is None:
+          raise DataError(f"{p}: missing or not a readable image")
+        if self._shape is None:
+          self._shape = image.shape
+        elif image.shape != self._shape:
+          raise DataError(f"{p}: image size {image.shape[:2]} differs from the first frame's "
+                          f"{self._shape[:2]}")
+        yield i, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def read_image_sequence(paths: Sequence[PathLike], timestamps: np.ndarray | None = None, *,
                         fps: float | None = None) -> Video:
   """Reads per-frame images (e.g. PURE's PNGs) into a `Video`.
@@ -210,37 +320,13 @@ def read_image_sequence(paths: Sequence[PathLike], timestamps: np.ndarray | None
     DataError: no paths, an unreadable image, images of different sizes, timestamps of the
       wrong length, non-finite or not increasing.
   """
-  paths = [pathlib.Path(p) for p in paths]
-  if not paths:
-    raise DataError("read_image_sequence: no image files given")
-  n = len(paths)
-  if timestamps is None:
-    if fps is None or fps <= 0:
-      raise DataError(f"{paths[0].parent}: image sequence without timestamps needs fps > 0")
-    t = np.arange(n, dtype=np.float64) / fps
-  else:
-    t = np.asarray(timestamps, np.float64)
-    if t.shape != (n,):
-      raise DataError(f"{paths[0].parent}: {n} images but timestamps of shape {t.shape}")
-    if not np.all(np.isfinite(t)):
-      raise DataError(f"{paths[0].parent}: timestamps contain non-finite values")
-    t = t - t[0]
-    if n > 1 and not np.all(np.diff(t) > 0):
-      raise DataError(f"{paths[0].parent}: timestamps are not strictly increasing")
-    if fps is None:
-      fps = float(1.0 / np.median(np.diff(t))) if n > 1 else 0.0
+  sequence = ImageSequence(paths, timestamps, fps=fps)
   frames = None
-  for i, p in enumerate(paths):
-    image = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.is_file() else None
-    if image is None:
-      raise DataError(f"{p}: missing or not a readable image")
+  for i, image in sequence.frames():
     if frames is None:
-      frames = np.empty((n,) + image.shape, np.uint8)
-    elif image.shape != frames.shape[1:]:
-      raise DataError(f"{p}: image size {image.shape[:2]} differs from the first frame's "
-                      f"{frames.shape[1:3]}")
-    cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=frames[i])
-  return Video(frames, t, float(fps))
+      frames = np.empty((sequence.num_frames,) + image.shape, np.uint8)
+    frames[i] = image
+  return Video(frames, sequence.timestamps, sequence.fps)
 
 
 _CONTAINER_PIX_FMT = {"ffv1": "bgr0", "rawvideo": "bgr24", "mjpeg": "yuvj444p",

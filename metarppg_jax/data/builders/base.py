@@ -42,6 +42,9 @@ from metarppg_jax.data import video as video_lib
 from metarppg_jax.errors import DataError
 
 CROP_SIZE = faces.CROP_SIZE
+FACE_ENLARGE = 1.6   # the crop's side over the detected face's (faces.face_crops' default)
+# Crops handled at once in the crop pass (skin samples, masks): bounds its working memory.
+CHUNK_FRAMES = 256
 SPLITS = ("train", "validation", "test")
 SKIPPED_FILE = "skipped.json"
 
@@ -185,18 +188,37 @@ def _resample_gt(times, values, frame_times, *, source, max_gap_s):
                                       max_gap_s=max_gap_s)
 
 
-def example_from_video(video: video_lib.Video, gt: gt_lib.GroundTruth, *, config: RppgConfig,
-                       source: str, subject: str, video_id: str, domain: str) -> dict:
-  """One example from a decoded video and its ground truth (raises Skip).
+def example_from_video(video, gt: gt_lib.GroundTruth, *, config: RppgConfig, source: str,
+                       subject: str, video_id: str, domain: str,
+                       chunk_frames: int = CHUNK_FRAMES) -> dict:
+  """One example from a video and its ground truth (raises Skip).
+
+  `video` is read in two passes (`video_lib.VideoFile` or `video_lib.ImageSequence`), so that
+  memory holds one decoded frame and the crops, never the decoded video: the first runs the
+  face detector on the key frames (`faces.key_frames` of the kept clip), the second crops
+  every kept frame along the track (`faces.track_boxes`), `chunk_frames` crops at a time. The
+  result equals `faces.face_crops` on the whole decoded clip, resampled.
 
   Frame times come from the ground truth when it has them (PURE), else from the container.
   The face is cropped on the kept frames at their own rate; crops and ground truth are then
   put on `config.target_fps` where the rate differs by more than 5 %, and ground truth is
   interpolated onto the final frame times.
   """
+  start, stop = config.frame_range if config.frame_range is not None else (0, None)
+  every = config.detect_every
+
+  def is_key(i):  # the clip's key frames: every `every`-th from its start, and its last
+    return i >= start and (stop is None or i < stop) and (
+        (i - start) % every == 0 or i == (stop or 0) - 1)
+
+  candidates, shape = {}, None
+  with skip_on_error(UNREADABLE):
+    for i, frame in video.frames(is_key, last=stop is None):
+      shape = frame.shape
+      candidates[i] = faces.detect_candidates(frame[None], np.zeros(1, np.int64))[0]
   for w in video.warnings:
     logging.warning("%s", w)
-  num_frames = video.frames.shape[0]
+  num_frames = video.num_frames
   times = video.timestamps
   if gt.frame_time is not None:
     if gt.frame_time.shape[0] != num_frames:
@@ -205,15 +227,15 @@ def example_from_video(video: video_lib.Video, gt: gt_lib.GroundTruth, *, config
     times = gt.frame_time
   keep = np.arange(num_frames)
   if config.frame_range is not None:
-    start, stop = config.frame_range
     if num_frames < stop:
       raise Skip(TOO_SHORT, f"{source}: {num_frames} frames, the clip needs frames "
                  f"{start}..{stop}")
     keep = keep[start:stop]
-  frames = video.frames[keep[0]:keep[-1] + 1]
+  clip = keep.size
   with skip_on_error(NO_FACE):
-    crops = faces.face_crops(frames, size=CROP_SIZE, detect_every=config.detect_every,
-                             source=source)
+    boxes, _ = faces.track_boxes(
+        [candidates[start + k] for k in faces.key_frames(clip, every)], clip, *shape[:2],
+        detect_every=every, source=source)
   t = times[keep]
   rate = float(1.0 / np.median(np.diff(t))) if t.size > 1 else float(video.fps)
   fps = float(video.fps) if video.fps > 0 else rate
@@ -248,18 +270,60 @@ def example_from_video(video: video_lib.Video, gt: gt_lib.GroundTruth, *, config
   has_hr = gt.hr is not None
   ppg = on_frames(gt.ppg, max_gap_s=2.0) if has_ppg else np.zeros(num, np.float32)
   hr = on_frames(gt.hr, max_gap_s=4.0) if has_hr else np.full(num, np.nan, np.float32)
+  with skip_on_error(UNREADABLE):
+    crops, masks = _crop_pass(video, boxes, index, start=start, chunk_frames=chunk_frames)
   return {
-      "frames": crops.crops[index], "mask": crops.masks[index], "ppg": ppg, "hr": hr,
+      "frames": crops, "mask": masks, "ppg": ppg, "hr": hr,
       "has_ppg": has_ppg, "has_hr": has_hr, "fps": np.float32(fps),
       "subject": subject, "video_id": video_id, "domain": domain,
   }
 
 
-def read_video_or_skip(path: str, **kwargs) -> video_lib.Video:
+def _crop_pass(video, boxes: np.ndarray, index: np.ndarray, *, start: int,
+               chunk_frames: int) -> tuple[np.ndarray, np.ndarray]:
+  """The second pass: crops the clip's frames along `boxes` f32[T, 4] (clip frame p is video
+  frame start + p) and keeps those at the clip positions `index` i[N] (nondecreasing).
+
+  The skin colour is the median of the `faces.skin_samples` of every crop of the clip, as
+  `faces.face_crops` learns it from all of them.
+
+  Returns:
+    (crops uint8[N, 64, 64, 3], masks uint8[N, 64, 64]).
+  """
+  clip, num = boxes.shape[0], index.size
+  ellipse = faces.face_ellipse(FACE_ENLARGE)
+  crops = np.empty((num, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+  chunk = np.empty((chunk_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+  samples = []
+
+  def flush(first, count):  # clip positions first .. first + count - 1 are in `chunk`
+    samples.append(faces.skin_samples(chunk[:count], ellipse=ellipse))
+    lo, hi = np.searchsorted(index, [first, first + count])
+    crops[lo:hi] = chunk[index[lo:hi] - first]
+
+  filled = 0
+  for i, frame in video.frames(lambda i: start <= i < start + clip):
+    p = i - start
+    chunk[filled] = faces.crop_boxes(frame[None], boxes[p:p + 1], CROP_SIZE)[0]
+    filled += 1
+    if filled == chunk_frames:
+      flush(p + 1 - filled, filled)
+      filled = 0
+  if filled:
+    flush(clip - filled, filled)
+  colour = np.median(np.concatenate(samples), axis=0)
+  masks = np.concatenate([
+      faces.skin_mask(crops[j:j + chunk_frames], ellipse=ellipse, colour=colour)
+      for j in range(0, num, chunk_frames)])
+  return crops, masks
+
+
+def open_video_or_skip(path: str, **kwargs) -> video_lib.VideoFile:
+  """The video file, checked and opened for `example_from_video`'s passes."""
   if not os.path.isfile(path):
     raise Skip(UNREADABLE, f"{path}: video file is missing")
   with skip_on_error(UNREADABLE):
-    return video_lib.read_video(path, **kwargs)
+    return video_lib.VideoFile(path, **kwargs)
 
 
 def read_gt_or_skip(reader, path: str, **kwargs) -> gt_lib.GroundTruth:

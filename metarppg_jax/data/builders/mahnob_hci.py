@@ -66,6 +66,6 @@ class MahnobHci(base.RppgBuilder):
     cfg = self.builder_config
     max_frames = cfg.frame_range[1] if cfg.frame_range else None
     path = os.path.join(folder, video_name)
-    video = base.read_video_or_skip(path, max_frames=max_frames)
+    video = base.open_video_or_skip(path, max_frames=max_frames)
     return base.example_from_video(video, gt, config=cfg, source=path, subject=item.subject,
                                    video_id=item.video_id, domain=self.DOMAIN)

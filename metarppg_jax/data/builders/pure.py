@@ -57,8 +57,7 @@ class Pure(base.RppgBuilder):
       raise base.Skip(base.MISMATCH, f"{folder}: {len(pngs)} PNG frames but {gt.source} lists "
                       f"{gt.frame_time.shape[0]} image timestamps")
     with base.skip_on_error(base.UNREADABLE):
-      video = video_lib.read_image_sequence([os.path.join(folder, p) for p in pngs],
-                                            gt.frame_time)
+      video = video_lib.ImageSequence([os.path.join(folder, p) for p in pngs], gt.frame_time)
     return base.example_from_video(video, gt, config=self.builder_config, source=folder,
                                    subject=item.subject, video_id=item.video_id,
                                    domain=self.DOMAIN)

@@ -58,7 +58,7 @@ class UbfcRppg(base.RppgBuilder):
     if video_path is None:
       raise base.Skip(base.UNREADABLE, f"{folder}: no .avi video")
     gt = base.read_gt_or_skip(reader, gt_path)
-    video = base.read_video_or_skip(video_path)
+    video = base.open_video_or_skip(video_path)
     return base.example_from_video(video, gt, config=self.builder_config, source=video_path,
                                    subject=item.subject, video_id=item.video_id,
                                    domain=self.DOMAIN)
