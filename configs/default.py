@@ -62,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.tasks_per_batch = 3          # N: videos (tasks) per meta-batch
   config.data.normalization = "sound"      # sound | reference
   config.data.fps = 30.0
+  # Time-stretch augmentation: each training task is read at a speed drawn from
+  # [speed_min, speed_max] (its pulse that much faster); 1, 1: as recorded.
+  config.data.speed_min = 1.0
+  config.data.speed_max = 1.0
   config.data.train_split = "train"
   config.data.eval_split = "test"
   config.data.worker_count = 0

@@ -113,6 +113,8 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "data.tasks_per_batch": (int, _AT_LEAST_1),
     "data.normalization": (str, _one_of(*NORMALIZATIONS)),
     "data.fps": (float, _POSITIVE),
+    "data.speed_min": (float, _POSITIVE),
+    "data.speed_max": (float, _POSITIVE),
     "data.train_split": (str, lambda v: None if v else "must name a split"),
     "data.eval_split": (str, lambda v: None if v else "must name a split"),
     "data.worker_count": (int, _NON_NEGATIVE),
@@ -337,8 +339,14 @@ def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> path
   return path
 
 
+# Fields added after config.json files were first written, with the value that means what a
+# config without them meant: `read` fills them in so older workdirs and exports still load.
+ADDED_FIELDS = {"data.speed_min": 1.0, "data.speed_max": 1.0}
+
+
 def read(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config a workdir was run with (WORKDIR/config.json), validated."""
+  """The config a workdir was run with (WORKDIR/config.json), validated (fields of
+  `ADDED_FIELDS` it predates are filled in)."""
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise ConfigError(f"{path}: no config.json in the workdir (was it trained here?)")
@@ -346,4 +354,8 @@ def read(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     data = json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ConfigError(f"{path}: not valid JSON ({e})") from e
+  for name, value in ADDED_FIELDS.items():
+    section, field = name.split(".")
+    if isinstance(data.get(section), dict):
+      data[section].setdefault(field, value)
   return validate(ml_collections.ConfigDict(data))

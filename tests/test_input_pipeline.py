@@ -113,7 +113,7 @@ def test_process_shards_are_disjoint(source):
 def config(**data):
   cfg = ml_collections.ConfigDict({"seed": 7, "data": {
       "tasks_per_batch": 2, "stride": W, "normalization": "sound",
-      "worker_count": 0}})
+      "worker_count": 0, "speed_min": 1.0, "speed_max": 1.0}})
   cfg.data.update(data)
   return cfg
 
@@ -209,3 +209,28 @@ def test_benchmark_pipeline_reports_units(source, load_experiment):
   assert set(figures) == {"pipeline_clips_per_s", "pipeline_cpu_s_per_clip",
                           "pipeline_startup_s"}
   assert all(v > 0 for v in figures.values())
+
+
+def test_speed_augmentation_reads_each_task_at_one_drawn_speed(source):
+  """Each task's windows advance `speed` frames per window frame (nearest), one speed a task,
+  consecutive; targets are the quantised PPG at those frames; resume stays exact."""
+  ds = ip.train_dataset(source, tasks_per_batch=1, window=W, stride=W, speed=(0.8, 1.3),
+                        seed=3)
+  index = ip.task_index(source, window=int(np.ceil(W * 1.3)), stride=W)
+  for i in range(4):
+    assert ds[i]["x"].shape[:3] == (1, ip.WINDOWS_PER_TASK, W)
+  # The speed drawn for the same element is the same every time (a pure function of the seed).
+  np.testing.assert_array_equal(ds[2]["ppg"], ds[2]["ppg"])
+  record = source[0]
+  ppg = np.asarray(record["ppg"], np.float32)
+  for speed in (0.8, 1.0, 1.25):
+    w = ip.load_windows(record, np.array([0, 9]), window=W, normalization="sound",
+                        speed=speed)
+    idx = np.array([0, 9])[:, None] + np.floor(np.arange(W) * speed + 1e-9).astype(int)
+    np.testing.assert_array_equal(w["ppg"], ppg[idx])
+  assert len(index) <= len(ip.task_index(source, window=W, stride=W))
+
+
+def test_speed_range_is_checked(source):
+  with pytest.raises(ConfigError, match="speed_min"):
+    ip.train_dataset(source, tasks_per_batch=1, window=W, stride=W, speed=(1.2, 1.0))

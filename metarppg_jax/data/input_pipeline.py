@@ -39,7 +39,7 @@ TRAIN_KEYS = ("x", "targets", "valid", "ppg")
 
 
 def load_windows(record: dict, starts: np.ndarray, *, window: int,
-                 normalization: str) -> dict:
+                 normalization: str, speed: float = 1.0) -> dict:
   """Windows of one video record, normalised, with targets: the one window loader.
 
   Args:
@@ -47,13 +47,17 @@ def load_windows(record: dict, starts: np.ndarray, *, window: int,
       hr f32[T], has_ppg).
     starts: i[W] start frames.
     window: frames per window.
-    normalization: "sound" | "reference" (preprocess.normalize_clip).
+    normalization: "sound" | "pixel" | "reference" (preprocess.normalize_clip).
+    speed: frames advanced per window frame (nearest frame): a window spans `window * speed`
+      recorded frames and shows a pulse `speed` times faster (training's time-stretch
+      augmentation; "hr" is scaled with it).
 
   Returns:
     {"x": f32[W, T, 64, 64, 3], "targets": i32[W, T], "valid": bool[W], "ppg": f32[W, T],
      "hr": f32[W, T], "frames": uint8[W, T, 64, 64, 3], "mask": uint8[W, T, 64, 64]}.
   """
-  idx = np.asarray(starts, np.int64)[:, None] + np.arange(window)
+  offsets = np.floor(np.arange(window) * speed + 1e-9).astype(np.int64)
+  idx = np.asarray(starts, np.int64)[:, None] + offsets
   frames = record["frames"][idx]
   mask = record["mask"][idx]
   ppg = np.asarray(record["ppg"], np.float32)[idx]
@@ -62,7 +66,8 @@ def load_windows(record: dict, starts: np.ndarray, *, window: int,
   return {
       "x": preprocess.normalize_clip(frames, mask, normalization),
       "targets": targets, "valid": valid, "ppg": ppg,
-      "hr": np.asarray(record["hr"], np.float32)[idx], "frames": frames, "mask": mask,
+      "hr": np.asarray(record["hr"], np.float32)[idx] * np.float32(speed), "frames": frames,
+      "mask": mask,
   }
 
 
@@ -85,25 +90,31 @@ def task_index(source, *, window: int, stride: int,
 
 
 class _LoadTask:
-  """grain map: (record, start) -> one task's K windows (train keys only)."""
+  """grain random map: (record, start), rng -> one task's K windows (train keys only), at a
+  speed drawn uniformly from `speed` (the same for the task's K windows)."""
 
-  def __init__(self, source, window, windows_per_task, normalization):
+  def __init__(self, source, window, windows_per_task, normalization, speed):
     self._source = source
     self._window = window
     self._k = windows_per_task
     self._normalization = normalization
+    self._speed = speed
 
-  def __call__(self, entry) -> dict:
+  def __call__(self, entry, rng: np.random.Generator) -> dict:
     record = self._source[int(entry[0])]
-    starts = int(entry[1]) + self._window * np.arange(self._k)
-    w = load_windows(record, starts, window=self._window, normalization=self._normalization)
+    lo, hi = self._speed
+    speed = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+    span = int(np.ceil(self._window * speed))
+    starts = int(entry[1]) + span * np.arange(self._k)
+    w = load_windows(record, starts, window=self._window, normalization=self._normalization,
+                     speed=speed)
     return {k: w[k] for k in TRAIN_KEYS}
 
 
 def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WINDOW,
                   stride: int = preprocess.WINDOW,
                   windows_per_task: int = WINDOWS_PER_TASK, normalization: str = "sound",
-                  seed: int = 0, num_epochs: Optional[int] = None, process_index: int = 0,
+                  speed: tuple[float, float] = (1.0, 1.0), seed: int = 0, num_epochs: Optional[int] = None, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
   """The training batches of one process as a grain MapDataset (random access, resumable).
 
@@ -113,8 +124,11 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
       `process_count`.
     window, stride: window length; frames between consecutive task starts of a video.
     windows_per_task: K consecutive windows a task.
-    normalization: "sound" | "reference".
-    seed: shuffling seed (every epoch is a different permutation of all tasks).
+    normalization: "sound" | "pixel" | "reference".
+    speed: (lo, hi) time-stretch augmentation: each task is read at a speed drawn uniformly
+      from [lo, hi] (1: as recorded; 1.25: every pulse 25 % faster), so a training set whose
+      heart rates span 55-120 bpm also teaches 45-150. Tasks are only cut where `hi` fits.
+    seed: shuffling and speed seed (every epoch is a different permutation of all tasks).
     num_epochs: None repeats forever.
     process_index, process_count: this process's shard (jax.process_index/count).
 
@@ -130,11 +144,17 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
   if normalization not in preprocess.NORMALIZATIONS:
     raise ConfigError(f"data.normalization must be one of {preprocess.NORMALIZATIONS}, got "
                       f"{normalization!r}")
-  index = task_index(source, window=window, stride=stride, windows_per_task=windows_per_task)
+  lo, hi = (float(v) for v in speed)
+  if not 0 < lo <= hi:
+    raise ConfigError(f"data.speed_min and data.speed_max must be 0 < min <= max, got "
+                      f"{lo:g} and {hi:g}")
+  span = int(np.ceil(window * hi))  # frames a window may need at the fastest speed
+  index = task_index(source, window=span, stride=stride, windows_per_task=windows_per_task)
   ds = grain.MapDataset.source(index).shuffle(seed=seed).repeat(num_epochs)
   # Same permutation in every process; each takes every process_count-th task: disjoint.
   ds = ds[process_index::process_count]
-  ds = ds.map(_LoadTask(source, window, windows_per_task, normalization))
+  ds = ds.random_map(_LoadTask(source, window, windows_per_task, normalization, (lo, hi)),
+                     seed=seed)
   return ds.batch(tasks_per_batch // process_count, drop_remainder=True)
 
 
@@ -208,7 +228,8 @@ def train_iterator(config, source, *, mesh: Optional[jax.sharding.Mesh] = None,
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   ds = train_dataset(source, tasks_per_batch=data.tasks_per_batch, window=window,
-                     stride=data.stride, normalization=data.normalization, seed=config.seed,
+                     stride=data.stride, normalization=data.normalization,
+                     speed=(data.speed_min, data.speed_max), seed=config.seed,
                      num_epochs=num_epochs, process_index=pi, process_count=pc)
   threads = read_threads or min(8, os.cpu_count() or 1)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
