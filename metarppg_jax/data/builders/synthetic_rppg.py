@@ -8,6 +8,7 @@ adapt to); seeds are disjoint across splits.
 
 Configs: `tiny` (tests: seconds to build), `small` (the default training run on a 2-core
 CPU: 12 train + 2 validation videos of 20 s, 6 test videos of 20 s, 4 validation_shifted),
+`medium` (configs/full.py: 24 train, 4 validation, 12 test, 6 validation_shifted, 30 s each),
 `full`. validation_shifted holds labelled videos of the test domain (seeds disjoint from test)
 for choosing the adaptation's hyperparameters.
 """
@@ -57,6 +58,9 @@ class SyntheticRppg(base.RppgBuilder):
       SyntheticConfig(name="small", description="12/2/6 videos of 20 s"),
       SyntheticConfig(name="tiny", num_videos=(("train", 3), ("validation", 1), ("test", 2)),
                       seconds=7.0, description="3/1/2 videos of 7 s (tests)"),
+      SyntheticConfig(name="medium", num_videos=(("train", 24), ("validation", 4),
+                                                 ("test", 12), ("validation_shifted", 6)),
+                      seconds=30.0, description="24/4/12/6 videos of 30 s (configs/full.py)"),
       SyntheticConfig(name="full", num_videos=(("train", 60), ("validation", 10),
                                                ("test", 30), ("validation_shifted", 10)),
                       seconds=60.0, description="60/10/30 videos of 60 s"),
