@@ -23,6 +23,7 @@ shared: compare figures from one run, and re-run when it is quiet.
 """
 
 import argparse
+import fractions
 import json
 import os
 import resource
@@ -275,6 +276,127 @@ def benchmark_build(name: str, *, manual_dir: str, data_dir: str,
           "build_frames": frames, "build_s": wall}
 
 
+def write_long_face_video(folder: str, *, seconds: float, fps: float = 61.0,
+                          size: tuple[int, int] = (580, 780), codec: str = "mjpeg") -> int:
+  """A long face video in the UBFC-rPPG DATASET_2 layout (folder/vid.avi, ground_truth.txt).
+
+  A 2 s synthetic face clip is rendered small (rendering 780x580 takes 0.25 s a frame),
+  upscaled to `size` (H, W), and played forwards and backwards to `seconds`, streamed into
+  the encoder (the video is never in memory). MJPEG: encoding H.264 (MAHNOB's codec) at this
+  size takes minutes here, and the decoder's memory is a few frames either way.
+
+  Returns:
+    The number of frames written.
+  """
+  import av  # pylint: disable=g-import-not-at-top
+  import cv2  # pylint: disable=g-import-not-at-top
+  clip = synthetic.generate_video(0, seconds=2.0, fps=fps, domain="source",
+                                  size=(size[0] // 4, size[1] // 4))
+  period = np.concatenate([np.arange(len(clip.ppg)), np.arange(len(clip.ppg) - 2, 0, -1)])
+  n = int(round(seconds * fps))
+  order = period[np.arange(n) % len(period)]
+  os.makedirs(folder, exist_ok=True)
+  with av.open(os.path.join(folder, "vid.avi"), mode="w") as container:
+    stream = container.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
+    stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuvj420p"
+    for k in order:
+      image = cv2.resize(clip.frames[k], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  t = np.arange(n) / fps
+  with open(os.path.join(folder, "ground_truth.txt"), "w") as f:
+    for row in (clip.ppg[order], np.full(n, 72.0), t):
+      f.write(" ".join(f"{x:.7e}" for x in row) + "\n")
+  return n
+
+
+_BUILD_CHILD = """
+import hashlib, sys
+import numpy as np
+from metarppg_jax.data import build
+builder = build.build_dataset("ubfc_rppg", data_dir=sys.argv[1], manual_dir=sys.argv[2],
+                              overwrite=True)
+digest = hashlib.sha256()
+for split, src in sorted(builder.as_data_source().items()):
+  for i in range(len(src)):
+    for k in ("frames", "mask", "ppg", "hr"):
+      digest.update(np.ascontiguousarray(src[i][k]).tobytes())
+print("DIGEST", digest.hexdigest())
+"""
+
+
+def _child_peak(code: str, args: list, pythonpath: Optional[str],
+                cwd: Optional[str] = None) -> tuple[float, float, str]:
+  """Runs `python -c code *args` in `cwd` -> (its max RSS in MB, wall s, stdout).
+
+  `python -c` puts its working directory first on sys.path: run it outside a checkout, or
+  that checkout's package wins over `pythonpath`."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if pythonpath:  # another checkout (e.g. an older commit): its package first
+    env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+  t0 = time.perf_counter()
+  proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=cwd,
+                          stdout=subprocess.PIPE, text=True)
+  stdout = proc.stdout.read()
+  _, status, usage = os.wait4(proc.pid, 0)   # this child's own rusage
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  if proc.returncode:
+    raise RuntimeError(f"child failed ({proc.returncode}): {code.strip()[:80]}...")
+  return usage.ru_maxrss / 1024, time.perf_counter() - t0, stdout
+
+
+def benchmark_build_memory(seconds: tuple = (30.0, 60.0), *, fps: float = 61.0,
+                           size: tuple[int, int] = (580, 780),
+                           baseline: Optional[str] = None,
+                           baseline_seconds: Optional[tuple] = None) -> dict:
+  """Peak memory of building one MAHNOB-sized video (780x580 at 61 fps, resampled to 30 fps),
+  each build in its own process (its max RSS), for each length in `seconds`.
+
+  baseline: a checkout of another commit (e.g. `git worktree add --detach DIR <commit>`) whose
+    build is measured on the same videos (`baseline_seconds`, default `seconds`) in the same
+    run, and whose stored examples are compared byte for byte.
+
+  Returns:
+    {"build_video": "WxH@fps", "build_memory": [{"seconds", "frames", "decoded_mb" (the whole
+     video as uint8 RGB), "peak_mb", "wall_s"[, "baseline_peak_mb", "baseline_wall_s",
+     "identical"]}], "build_import_peak_mb" (a process that only imports the build),
+     "build_peak_memory_mb" (the longest video's)}.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  root = tempfile.mkdtemp(prefix="metarppg_bench_build_")
+  rows = []
+  try:
+    idle, _, _ = _child_peak("from metarppg_jax.data import build", [], None, root)
+    for sec in seconds:
+      manual = os.path.join(root, f"v{sec:g}")
+      frames = write_long_face_video(os.path.join(manual, "subject1"), seconds=sec, fps=fps,
+                                     size=size)
+      row = {"seconds": sec, "frames": frames,
+             "decoded_mb": frames * size[0] * size[1] * 3 / 2 ** 20}
+      peak, wall, out = _child_peak(_BUILD_CHILD, [os.path.join(root, "d"), manual], None,
+                                    root)
+      row.update(peak_mb=peak, wall_s=wall)
+      if baseline and sec in (baseline_seconds or seconds):
+        peak, wall, base_out = _child_peak(_BUILD_CHILD, [os.path.join(root, "b"), manual],
+                                           baseline, root)
+        row.update(baseline_peak_mb=peak, baseline_wall_s=wall,
+                   identical=_digest(out) == _digest(base_out))
+      rows.append(row)
+      shutil.rmtree(manual)
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  return {"build_video": f"{size[1]}x{size[0]}@{fps:g}fps mjpeg", "build_memory": rows,
+          "build_import_peak_mb": idle, "build_peak_memory_mb": rows[-1]["peak_mb"]}
+
+
+def _digest(stdout: str) -> str:
+  return [line.split()[1] for line in stdout.splitlines() if line.startswith("DIGEST")][-1]
+
+
 def benchmark_pipeline(config, source, *, num_batches: int = 20,
                        read_threads: Optional[int] = None,
                        window: int = preprocess.WINDOW) -> dict:
@@ -298,10 +420,16 @@ def benchmark_pipeline(config, source, *, num_batches: int = 20,
 
 
 def bench_data(args, out):
-  """The data side: synthetic generation per video minute, and the training
-  pipeline's clips/s on the built synthetic `small` dataset (built into --data_dir on first
-  use), against what the outer step consumes."""
+  """The data side: synthetic generation per video minute, the build's peak memory on
+  MAHNOB-sized videos (`--build_seconds`, against the checkout `--build_baseline` when given),
+  and the training pipeline's clips/s on the built synthetic `small` dataset (built into
+  --data_dir on first use), against what the outer step consumes."""
   import tempfile  # pylint: disable=g-import-not-at-top
+  seconds = tuple(float(v) for v in args.build_seconds.split(",") if v)
+  if seconds:
+    baseline_seconds = tuple(float(v) for v in args.build_baseline_seconds.split(",") if v)
+    out.update(benchmark_build_memory(seconds, baseline=args.build_baseline or None,
+                                      baseline_seconds=baseline_seconds or None))
   out.update(benchmark_generation(seconds=60.0, domain="shifted", repeats=2))
   config = configuration.from_file(os.path.join(REPO, "configs", "default.py"))
   data_dir = args.data_dir or tempfile.mkdtemp(prefix="metarppg_bench_data_")
@@ -333,6 +461,15 @@ def main(argv=None):
   ap.add_argument("--scaling_timeout_s", type=float, default=1800)
   ap.add_argument("--data_dir", default="",
                   help="section data: where the synthetic dataset is (built on first use)")
+  ap.add_argument("--build_seconds", default="30,60,180",
+                  help="section data: lengths of the 780x580 61 fps videos whose build's peak "
+                  "memory is measured (empty: none)")
+  ap.add_argument("--build_baseline", default="",
+                  help="section data: a checkout of another commit whose build is measured "
+                  "too (git worktree add --detach DIR COMMIT), on the same videos")
+  ap.add_argument("--build_baseline_seconds", default="30,60",
+                  help="section data: the lengths the baseline builds (a build that decodes "
+                  "the whole video needs 83 MB a second of it: 5 GB a minute)")
   ap.add_argument("--scaling_worker", help=argparse.SUPPRESS)  # internal: JSON row path
   args = ap.parse_args(argv)
   if args.scaling_worker:

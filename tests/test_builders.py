@@ -300,6 +300,66 @@ def test_mahnob_clip_config(mahnob_dir, tmp_path):
                         config="cvpr14")
 
 
+# --- the build's two passes over a video ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moving_face_61fps(tmp_path_factory):
+  """A 3 s face video at 61 fps whose face drifts (boxes change across chunk borders) and its
+  UBFC ground truth."""
+  v = face_video(8, seconds=3.0, fps=61.0)
+  shift = np.round(6 * np.sin(np.arange(len(v.ppg)) / 20)).astype(int)
+  frames = np.stack([np.roll(f, s, axis=1) for f, s in zip(v.frames, shift)])
+  folder = tmp_path_factory.mktemp("moving") / "subject8"
+  folder.mkdir()
+  video_lib.write_video(folder / "vid.avi", frames, 61.0)
+  write_ubfc2_gt(folder, v.ppg, v.hr, np.arange(len(v.ppg)) / 61.0)
+  return folder
+
+
+@pytest.mark.parametrize("frame_range,detect_every", [(None, 4), ((13, 160), 7)])
+def test_two_pass_build_equals_face_crops_on_the_decoded_video(moving_face_61fps, frame_range,
+                                                               detect_every):
+  """Chunks of 7 crops, key frames every 4 / 7 frames from a clip start that is no multiple
+  of either, 61 -> 30 fps: the stored example is face_crops on the whole decoded clip,
+  resampled, to the byte."""
+  from metarppg_jax.data import faces  # pylint: disable=g-import-not-at-top
+  from metarppg_jax.data import ground_truth  # pylint: disable=g-import-not-at-top
+  from metarppg_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  path = moving_face_61fps / "vid.avi"
+  config = base.RppgConfig(name="t", frame_range=frame_range, detect_every=detect_every)
+  gt = ground_truth.read_ubfc2(str(moving_face_61fps / "ground_truth.txt"))
+  ex = base.example_from_video(video_lib.VideoFile(path), gt, config=config, source=str(path),
+                               subject="8", video_id="8", domain="ubfc", chunk_frames=7)
+  decoded = video_lib.read_video(path)
+  start, stop = frame_range or (0, len(decoded.frames))
+  want = faces.face_crops(decoded.frames[start:stop], detect_every=detect_every)
+  index, _ = preprocess.resample_video(np.arange(stop - start),
+                                       decoded.timestamps[start:stop], 30.0)
+  assert len(index) > 7 * 3 and len(np.unique(want.boxes[:, 0])) > 10   # chunks, motion
+  np.testing.assert_array_equal(ex["frames"], want.crops[index])
+  np.testing.assert_array_equal(ex["mask"], want.masks[index])
+  assert ex["fps"] == 30.0
+
+
+def test_two_pass_build_names_the_bad_file(moving_face_61fps, tmp_path):
+  bad = tmp_path / "vid.avi"
+  bad.write_bytes(b"RIFF not really a video")
+  with pytest.raises(DataError, match="vid.avi"):
+    video_lib.VideoFile(bad)
+  with pytest.raises(base.Skip, match=str(bad)) as skip:
+    base.open_video_or_skip(str(bad))
+  assert skip.value.reason == base.UNREADABLE
+  # Cut mid-stream: both passes see the same frames; the warning names the file.
+  data = (moving_face_61fps / "vid.avi").read_bytes()
+  cut = tmp_path / "cut.avi"
+  cut.write_bytes(data[:len(data) // 2])
+  video = video_lib.VideoFile(cut)
+  first = [i for i, _ in video.frames(lambda i: i % 10 == 0, last=True)]
+  assert first[-1] == video.num_frames - 1 and 0 < video.num_frames < 183
+  assert video.warnings and all(str(cut) in w for w in video.warnings)
+  assert sum(1 for _ in video.frames()) == video.num_frames
+
+
 # --- example.pth ----------------------------------------------------------------------------------
 
 def test_meta_rppg_example(tmp_path):
