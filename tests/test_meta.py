@@ -87,9 +87,11 @@ def test_invalid_windows_do_not_count_in_the_ordinal_loss():
                              losses.ordinal_loss(fc_out, targets, "reference"), rtol=1e-6)
 
 
-def test_vmapped_evaluation_equals_each_video_alone():
+@pytest.mark.parametrize("batching", inference.BATCHING)
+def test_vmapped_evaluation_equals_each_video_alone(batching):
   # float64: test-time steps on one clip amplify float32 rounding ~1e3x (reference README), so
   # two correct float32 programs (vmapped, alone) differ by ~1e-4 in prob; float64 ones do not.
+  # Both batching forms (vmap: accelerators; map: CPU) give each video's own result.
   with jax.enable_x64(True):
     config = _config(fewshots=2)
     config.model.dtype = "float64"
@@ -100,7 +102,7 @@ def test_vmapped_evaluation_equals_each_video_alone():
     state = state.replace(
         prototype=jnp.linspace(-0.5, 0.5, models.FEATURES),
         lstm_state=(0.1 * jnp.ones((4, 3, 60)), -0.1 * jnp.ones((4, 3, 60))))
-    out = inference.evaluate_videos(config, state, clips, adapt=True)
+    out = inference.evaluate_videos(config, state, clips, adapt=True, batching=batching)
     assert out["prob"].shape == (2, 1, 60, 40) and out["decision"].dtype == jnp.int32
 
     adapt = jax.jit(lambda support: inference.adapt(config, state.params, state.batch_stats,
