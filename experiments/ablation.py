@@ -4,6 +4,8 @@ r"""The paper's ablation table on any configured dataset, over training seeds.
       --seeds 0,1,2 --results experiments/results
   python experiments/ablation.py --config configs/ubfc.py --workdir DIR \
       --config.data.data_dir=DATA --variants=full,no_prototype
+  python experiments/ablation.py --config configs/default.py --workdir DIR \
+      --combine A/ablation.json,B/ablation.json --results experiments/results
 
 Trains and evaluates the base config ("full": Meta-rPPG as configured, synthetic gradient and
 prototype) and every ablation of configs/ablation_*.py (their `OVERRIDES` applied to the base
@@ -153,9 +155,29 @@ def run(base, workdir: str | pathlib.Path, variants=VARIANTS, seeds=(0,),
   return rows
 
 
+def combine(paths, directory: str | pathlib.Path) -> list[dict]:
+  """Merges the rows of several ablation.json (runs split over processes or machines, e.g.
+  one variant each) into one table in `directory`; they must share split and dataset."""
+  loaded = [json.loads(pathlib.Path(p).read_text()) for p in paths]
+  keys = {(d["split"], d["dataset"]) for d in loaded}
+  if len(keys) != 1:
+    raise configuration.ConfigError(f"cannot combine ablations of different splits/datasets: "
+                                    f"{sorted(keys)}")
+  order = {v: i for i, v in enumerate(VARIANTS)}
+  rows = sorted((r for d in loaded for r in d["runs"]),
+                key=lambda r: (order.get(r["variant"], len(order)), r["seed"]))
+  split, dataset = keys.pop()
+  write_table(rows, pathlib.Path(directory), split, dataset)
+  return rows
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  if FLAGS.combine:
+    combine(FLAGS.combine, FLAGS.results or FLAGS.workdir)
+    print((pathlib.Path(FLAGS.results or FLAGS.workdir) / "ablation.md").read_text())
+    return
   try:
     rows = run(FLAGS.config, FLAGS.workdir, tuple(FLAGS.variants),
                tuple(int(v) for v in FLAGS.seeds), FLAGS.results)
@@ -171,4 +193,6 @@ if __name__ == "__main__":
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds of every variant.")
   flags.DEFINE_string("results", None, "Also write ablation.json/.md here "
                       "(experiments/results: the files the README includes).")
+  flags.DEFINE_list("combine", [], "Only merge these ablation.json files (e.g. one variant "
+                    "each, run in parallel) into --results (else --workdir); trains nothing.")
   app.run(main, flags_parser=entry.parse_flags)

@@ -67,3 +67,24 @@ def test_summary_of_seeds(load_experiment):
   assert line["gain"] == -1.0 and line["gain_sd"] == 0.0
   assert line["gain_ci_excludes_0"] == 2
   assert "4.00 ± 2.00" in ablation.table_md([line], "test", "synthetic_rppg")
+
+
+def test_combine_merges_runs_split_over_processes(tmp_path, load_experiment):
+  ablation = load_experiment("ablation")
+  def row(variant, seed, mae):
+    return {"variant": variant, "seed": seed, "evaluated": "meta_rppg", "video_mae": mae,
+            "video_mae_no_adaptation": mae, "window_mae": mae, "pearson": 0.5,
+            "num_videos": 6, "gain": None}
+  for name, rows in {"a": [row("end_to_end", 0, 3.0)],
+                     "b": [row("full", 1, 2.0), row("full", 0, 4.0)]}.items():
+    ablation.write_table(rows, tmp_path / name, "test", "synthetic_rppg")
+  merged = ablation.combine([tmp_path / "a" / "ablation.json", tmp_path / "b" / "ablation.json"],
+                            tmp_path / "all")
+  assert [(r["variant"], r["seed"]) for r in merged] == [
+      ("full", 0), ("full", 1), ("end_to_end", 0)]
+  saved = json.loads((tmp_path / "all" / "ablation.json").read_text())
+  assert [s["variant"] for s in saved["summary"]] == ["full", "end_to_end"]
+  ablation.write_table([row("full", 2, 1.0)], tmp_path / "c", "validation", "synthetic_rppg")
+  with pytest.raises(configuration.ConfigError, match="different splits"):
+    ablation.combine([tmp_path / "a" / "ablation.json", tmp_path / "c" / "ablation.json"],
+                     tmp_path / "bad")
