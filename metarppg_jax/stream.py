@@ -17,7 +17,7 @@ Methods:
   the packaged pretrained model (`metarppg_jax.pretrained`) when neither is given. The crops
   are cut into the model's windows (`preprocess.WINDOW` frames at `data.fps`), skin-masked
   (`faces.skin_mask` over the last `--window_s` of crops) and normalised
-  (`preprocess.normalize_clip` with `data.normalization`), so the model sees what it was
+  (`input_pipeline.normalize` with `data.normalization`), so the model sees what it was
   trained on. It adapts once, without labels (`inference.adapt`), on the first `meta.fewshots`
   windows, then predicts every window (`inference.predict`), the adaptation windows included; each
   window's expected level (`heart_rate.levels_to_signal`) has its mean removed, since the
@@ -68,6 +68,7 @@ from metarppg_jax import heart_rate
 from metarppg_jax import hrv
 from metarppg_jax.data import face_track
 from metarppg_jax.data import faces
+from metarppg_jax.data import input_pipeline
 from metarppg_jax.data import live_source
 from metarppg_jax.data import preprocess
 from metarppg_jax.errors import CheckpointError, ConfigError, DataError, MetaRPPGError
@@ -295,7 +296,8 @@ class MetaRPPG:
     stop = self._consumed + self.chunk
     buf.mask_new()
     s = buf.span(self._consumed, stop)
-    x = preprocess.normalize_clip(buf.crops[s][None], buf.masks[s][None], self.normalization)[0]
+    x = np.asarray(input_pipeline.normalize(buf.crops[s][None], buf.masks[s][None],
+                                            self.normalization))[0]
     self._consumed = stop
     if self.do_adapt and len(self._support) < self.fewshots:
       self._support.append(x)

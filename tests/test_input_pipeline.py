@@ -64,7 +64,11 @@ def test_task_index(source):
 
 def test_batch_contents(source):
   ds = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=0)
-  batch = ds[0]
+  host = ds[0]
+  assert host["frames"].shape == (2, 3, W, 64, 64, 3) and host["frames"].dtype == np.uint8
+  assert host["mask"].shape == (2, 3, W, 64, 64) and host["mask"].dtype == np.uint8
+  batch = jax.device_get(ip.device_batch(host, "sound"))
+  assert set(batch) == set(ip.TRAIN_KEYS)
   assert batch["x"].shape == (2, 3, W, 64, 64, 3) and batch["x"].dtype == np.float32
   assert batch["targets"].shape == (2, 3, W) and batch["targets"].dtype == np.int32
   assert batch["valid"].shape == (2, 3) and batch["valid"].all()
@@ -73,14 +77,41 @@ def test_batch_contents(source):
     idx = start + np.arange(3 * W).reshape(3, W)
     rec = source[video]
     np.testing.assert_allclose(
-        batch["x"][n], preprocess.normalize_clip(rec["frames"][idx], rec["mask"][idx], "sound"))
+        batch["x"][n], preprocess.normalize_clip(rec["frames"][idx], rec["mask"][idx], "sound"),
+        atol=1e-6)
     np.testing.assert_array_equal(batch["targets"][n], preprocess.quantize_ppg(rec["ppg"][idx])[0])
-  ref = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=0,
-                         normalization="reference")[0]
+  ref = jax.device_get(ip.device_batch(host, "reference"))
   video, start = tasks_of(ref)[0]
   idx = start + np.arange(3 * W).reshape(3, W)
   np.testing.assert_allclose(ref["x"][0], preprocess.normalize_clip(
-      source[video]["frames"][idx], source[video]["mask"][idx], "reference"))
+      source[video]["frames"][idx], source[video]["mask"][idx], "reference"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", preprocess.NORMALIZATIONS)
+def test_normalize_is_normalize_clip(mode):
+  """The jitted normalisation every caller uses equals preprocess.normalize_clip (the
+  specification) within float32 rounding: uint8 and float frames, a window without skin, and
+  frames without skin inside a window."""
+  rng = np.random.default_rng(0)
+  t = 60
+  face = rng.integers(60, 200, (1, 1, 64, 64, 3))
+  drift = np.linspace(0, 10, t)[None, :, None, None, None]
+  frames = np.clip(face + drift + rng.normal(0, 3, (4, t, 64, 64, 3)), 0, 255).astype(np.uint8)
+  mask = (rng.random((4, t, 64, 64)) > 0.3).astype(np.uint8)
+  mask[1] = 0
+  mask[2, :5] = 0
+  want = preprocess.normalize_clip(frames, mask, mode)
+  tol = {"sound": 1e-6, "pixel": 1e-4, "reference": 1e-4}[mode]   # outputs ~0.2, ~1, ~100
+  for x in (frames, frames.astype(np.float32)):
+    got = np.asarray(ip.normalize(x, mask, mode))
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+  w = ip.load_windows({"frames": frames[0], "mask": mask[0], "ppg": np.zeros(t), "hr":
+                       np.zeros(t), "has_ppg": False}, np.array([0]), window=t,
+                      normalization=mode)
+  np.testing.assert_array_equal(w["x"], np.asarray(ip.normalize(frames[:1], mask[:1], mode)))
+  with pytest.raises(ValueError, match="must be"):
+    ip.normalize(frames, mask[..., :3], mode)
 
 
 def test_one_epoch_covers_every_task_once_and_seeds_shuffle(source):
@@ -103,7 +134,7 @@ def test_process_shards_are_disjoint(source):
     ds = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=3, num_epochs=1,
                           process_index=p, process_count=2)
     shards.append([t for b in ds for t in tasks_of(b)])
-    assert all(len(b["x"]) == 1 for b in ds)   # 2 global tasks = 1 a process
+    assert all(len(b["frames"]) == 1 for b in ds)   # 2 global tasks = 1 a process
   assert not set(shards[0]) & set(shards[1])
   assert set(shards[0]) | set(shards[1]) == all_tasks(source)
   with pytest.raises(ConfigError, match="divisible"):
@@ -134,7 +165,9 @@ def test_device_iterator_shards_and_resumes_exactly(source):
   it = ip.train_iterator(config(), source, mesh=mesh, prefetch=3, window=W)
   first = next(it)
   assert isinstance(first["x"], jax.Array) and first["x"].shape == (2, 3, W, 64, 64, 3)
-  assert first["x"].sharding.spec == jax.sharding.PartitionSpec("data")
+  for k in ip.TRAIN_KEYS:   # normalised on the device, still split over "data"
+    assert first[k].sharding.is_equivalent_to(
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), first[k].ndim), k
   next(it)
   state = it.get_state()   # three batches are prefetched beyond it: must not matter
   expected = [tasks_of(jax.device_get(next(it))) for _ in range(3)]
@@ -194,7 +227,8 @@ def test_eval_videos(source):
     np.testing.assert_allclose(v["rgb"], preprocess.masked_rgb_means(rec["frames"][idx],
                                                                      rec["mask"][idx]))
     np.testing.assert_allclose(v["x"], preprocess.normalize_clip(rec["frames"][idx],
-                                                                 rec["mask"][idx], "sound"))
+                                                                 rec["mask"][idx], "sound"),
+                               atol=1e-6)
     assert v["fps"] == 30.0 and v["subject"] == f"s{r}" and v["valid"].all()
   first = list(ip.eval_videos(source, window=W, num_windows=2))
   assert all(v["x"].shape[0] == 2 for v in first)
@@ -218,7 +252,7 @@ def test_speed_augmentation_reads_each_task_at_one_drawn_speed(source):
                         seed=3)
   index = ip.task_index(source, window=int(np.ceil(W * 1.3)), stride=W)
   for i in range(4):
-    assert ds[i]["x"].shape[:3] == (1, ip.WINDOWS_PER_TASK, W)
+    assert ds[i]["frames"].shape[:3] == (1, ip.WINDOWS_PER_TASK, W)
   # The speed drawn for the same element is the same every time (a pure function of the seed).
   np.testing.assert_array_equal(ds[2]["ppg"], ds[2]["ppg"])
   record = source[0]

@@ -1,17 +1,23 @@
 """The input pipeline: built videos -> windows -> meta-learning tasks -> sharded device batches.
 
-Training (`train_dataset` / `train_iterator`): a task is one video and `windows_per_task`
+Training (`train_dataset` / `host_iterator` / `train_iterator`): a task is one video and
+`windows_per_task`
 (K = 3) consecutive windows of `window` frames from it: the adaptation window and the two
 learning windows of one outer step. Task start frames are `preprocess.window_starts(T,
 K * window, stride)` per video. The (video, start) index is shuffled with grain by seed (a new
 permutation each epoch), cut per process (every `process_count`-th task from
-`process_index`: disjoint across processes), loaded, normalised and batched into
-N = `tasks_per_batch / process_count` tasks per process:
+`process_index`: disjoint across processes), gathered and batched into N =
+`tasks_per_batch / process_count` tasks per process (host batches, HOST_KEYS):
 
-  {"x":       f32[N, K, T, 64, 64, 3]  preprocess.normalize_clip(frames, mask, normalization)
+  {"frames":  uint8[N, K, T, 64, 64, 3]
+   "mask":    uint8[N, K, T, 64, 64]
    "targets": i32[N, K, T]             preprocess.quantize_ppg(ppg) levels 0..39
    "valid":   bool[N, K]               the window has a defined target (PPG, not flat)
    "ppg":     f32[N, K, T]}
+
+and moved to the devices as they are (a third of the bytes of float32 frames), where
+`normalize` (the jitted `preprocess.normalize_clip`) turns frames and masks into
+"x": f32[N, K, T, 64, 64, 3] (`device_batch`; TRAIN_KEYS): the host's cores only gather.
 
 Iterators expose `get_state()` / `set_state(state)` (grain's, exact resume).
 `shard_batch` puts a process-local batch on a mesh's "data" axis; `train_iterator` does it
@@ -24,51 +30,120 @@ each video (one video at a time).
 from __future__ import annotations
 
 import collections
+import functools
 import os
 from typing import Any, Iterator, Optional
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metarppg_jax.data import preprocess
 from metarppg_jax.errors import ConfigError
 
 WINDOWS_PER_TASK = 3
-TRAIN_KEYS = ("x", "targets", "valid", "ppg")
+HOST_KEYS = ("frames", "mask", "targets", "valid", "ppg")   # a task as the host loads it
+TRAIN_KEYS = ("x", "targets", "valid", "ppg")              # ... as the step sees it
 
 
-def load_windows(record: dict, starts: np.ndarray, *, window: int,
-                 normalization: str, speed: float = 1.0) -> dict:
-  """Windows of one video record, normalised, with targets: the one window loader.
+@functools.partial(jax.jit, static_argnames="mode")
+def normalize(frames: jax.Array, masks: jax.Array, mode: str = "sound") -> jax.Array:
+  """`preprocess.normalize_clip` as one jitted XLA function: the normalisation every caller
+  uses (training on the device the step runs on; evaluation, predict and the stream on the
+  host's).
+
+  Training batches cross to the device as uint8 frames and masks (4 B a pixel instead of
+  12 B of float32) and are normalised there, so that the host's cores only gather windows.
+  Equal to `preprocess.normalize_clip` (the specification) within float32 rounding: sums of
+  uint8 frames are exact int32 sums (float64 there), the rest float32.
+
+  Args:
+    frames: uint8 or float [..., T, H, W, 3].
+    masks: [..., T, H, W] with skin > 0.
+    mode: "sound", "pixel" or "reference" (preprocess.NORMALIZATIONS).
+
+  Returns:
+    f32[..., T, H, W, 3].
+  """
+  if frames.shape[-1] != 3 or frames.shape[:-1] != masks.shape or frames.ndim < 4:
+    raise ValueError(f"frames {frames.shape} and masks {masks.shape} must be "
+                     "[..., T, H, W, 3] and [..., T, H, W]")
+  if mode not in preprocess.NORMALIZATIONS:
+    raise ValueError(f"mode must be one of {preprocess.NORMALIZATIONS}, got {mode!r}")
+  f32 = jnp.float32
+  acc = jnp.int32 if jnp.issubdtype(frames.dtype, jnp.integer) else f32   # exact for uint8
+  t = frames.shape[-4]
+  x = frames.astype(f32)
+  m = masks > 0
+  empty = ~m.any(axis=(-3, -2, -1))            # an empty window: every pixel counts as skin
+  m = m | empty[..., None, None, None]
+  frame_count = m.sum(axis=(-2, -1), dtype=jnp.int32)                          # [..., T]
+  count = frame_count.sum(axis=-1).astype(f32)[..., None]                      # [..., 1]
+  if mode == "reference":
+    mean = frames.astype(acc).sum(axis=(-4, -3, -2)).astype(f32) / count      # [..., 3]
+    return x - mean[..., None, None, None, :]
+  if mode == "pixel":
+    rel = x / jnp.maximum(x.mean(axis=-4, keepdims=True), 1.0) - 1
+    tc = (jnp.arange(t, dtype=f32) - (t - 1) / 2).reshape(t, 1, 1, 1)
+    rel = rel - (rel * tc).sum(axis=-4, keepdims=True) / (tc ** 2).sum() * tc
+    rel = jnp.clip(rel, -preprocess.PIXEL_CLIP, preprocess.PIXEL_CLIP) * m[..., None]
+    skin = jnp.maximum(m.sum(axis=(-3, -2, -1), dtype=jnp.int32), 1).astype(f32) * 3
+    std = jnp.sqrt((rel ** 2).sum(axis=(-4, -3, -2, -1)) / skin)
+    return rel / jnp.maximum(std, 1e-6)[..., None, None, None, None]
+  # "sound": relative colour, minus the per-frame skin mean's straight line, skin only.
+  frame_sum = (frames.astype(acc) * m[..., None]).sum(axis=(-3, -2)).astype(f32)  # [..., T, 3]
+  mean = jnp.maximum(frame_sum.sum(axis=-2) / count, 1e-6)                    # [..., 3]
+  has_skin = (frame_count > 0).astype(f32)                                     # [..., T]
+  per_frame = frame_sum / jnp.maximum(frame_count, 1)[..., None] / mean[..., None, :] - 1
+  tt = jnp.arange(t, dtype=f32)
+  wsum = has_skin.sum(axis=-1, keepdims=True)
+  tbar = (has_skin * tt).sum(axis=-1, keepdims=True) / wsum                    # [..., 1]
+  tc = (tt - tbar) * has_skin                                                  # [..., T]
+  level = (per_frame * has_skin[..., None]).sum(axis=-2) / wsum                # [..., 3]
+  slope = (per_frame * tc[..., None]).sum(axis=-2) / jnp.maximum(
+      (tc ** 2).sum(axis=-1, keepdims=True), 1e-12)                            # [..., 3]
+  trend = level[..., None, :] + slope[..., None, :] * (tt - tbar)[..., None]   # [..., T, 3]
+  out = x * (1 / mean)[..., None, None, None, :] - (1 + trend)[..., :, None, None, :]
+  return out * m[..., None]
+
+
+def gather_windows(record: dict, starts: np.ndarray, *, window: int,
+                   speed: float = 1.0) -> dict:
+  """Windows of one video record with their targets, frames still uint8: the one window
+  gather (`load_windows` normalises them; training normalises on the device).
 
   Args:
     record: a dataset record (frames uint8[T, 64, 64, 3], mask uint8[T, 64, 64], ppg f32[T],
       hr f32[T], has_ppg).
     starts: i[W] start frames.
     window: frames per window.
-    normalization: "sound" | "pixel" | "reference" (preprocess.normalize_clip).
     speed: frames advanced per window frame (nearest frame): a window spans `window * speed`
       recorded frames and shows a pulse `speed` times faster (training's time-stretch
       augmentation; "hr" is scaled with it).
 
   Returns:
-    {"x": f32[W, T, 64, 64, 3], "targets": i32[W, T], "valid": bool[W], "ppg": f32[W, T],
-     "hr": f32[W, T], "frames": uint8[W, T, 64, 64, 3], "mask": uint8[W, T, 64, 64]}.
+    {"frames": uint8[W, T, 64, 64, 3], "mask": uint8[W, T, 64, 64], "targets": i32[W, T],
+     "valid": bool[W], "ppg": f32[W, T], "hr": f32[W, T]}.
   """
   offsets = np.floor(np.arange(window) * speed + 1e-9).astype(np.int64)
   idx = np.asarray(starts, np.int64)[:, None] + offsets
-  frames = record["frames"][idx]
-  mask = record["mask"][idx]
   ppg = np.asarray(record["ppg"], np.float32)[idx]
   targets, valid = preprocess.quantize_ppg(ppg)
-  valid = valid & bool(record["has_ppg"])
   return {
-      "x": preprocess.normalize_clip(frames, mask, normalization),
-      "targets": targets, "valid": valid, "ppg": ppg,
-      "hr": np.asarray(record["hr"], np.float32)[idx] * np.float32(speed), "frames": frames,
-      "mask": mask,
+      "frames": record["frames"][idx], "mask": record["mask"][idx], "targets": targets,
+      "valid": valid & bool(record["has_ppg"]), "ppg": ppg,
+      "hr": np.asarray(record["hr"], np.float32)[idx] * np.float32(speed),
   }
+
+
+def load_windows(record: dict, starts: np.ndarray, *, window: int,
+                 normalization: str, speed: float = 1.0) -> dict:
+  """`gather_windows` plus "x": f32[W, T, 64, 64, 3], the windows normalised (`normalize`
+  with `normalization`: "sound" | "pixel" | "reference"), as numpy."""
+  w = gather_windows(record, starts, window=window, speed=speed)
+  w["x"] = np.asarray(normalize(w["frames"], w["mask"], normalization))
+  return w
 
 
 def task_index(source, *, window: int, stride: int,
@@ -90,14 +165,13 @@ def task_index(source, *, window: int, stride: int,
 
 
 class _LoadTask:
-  """grain random map: (record, start), rng -> one task's K windows (train keys only), at a
+  """grain random map: (record, start), rng -> one task's K windows (HOST_KEYS), at a
   speed drawn uniformly from `speed` (the same for the task's K windows)."""
 
-  def __init__(self, source, window, windows_per_task, normalization, speed):
+  def __init__(self, source, window, windows_per_task, speed):
     self._source = source
     self._window = window
     self._k = windows_per_task
-    self._normalization = normalization
     self._speed = speed
 
   def __call__(self, entry, rng: np.random.Generator) -> dict:
@@ -106,17 +180,18 @@ class _LoadTask:
     speed = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
     span = int(np.ceil(self._window * speed))
     starts = int(entry[1]) + span * np.arange(self._k)
-    w = load_windows(record, starts, window=self._window, normalization=self._normalization,
-                     speed=speed)
-    return {k: w[k] for k in TRAIN_KEYS}
+    w = gather_windows(record, starts, window=self._window, speed=speed)
+    return {k: w[k] for k in HOST_KEYS}
 
 
 def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WINDOW,
                   stride: int = preprocess.WINDOW,
-                  windows_per_task: int = WINDOWS_PER_TASK, normalization: str = "sound",
-                  speed: tuple[float, float] = (1.0, 1.0), seed: int = 0, num_epochs: Optional[int] = None, process_index: int = 0,
+                  windows_per_task: int = WINDOWS_PER_TASK,
+                  speed: tuple[float, float] = (1.0, 1.0), seed: int = 0,
+                  num_epochs: Optional[int] = None, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
-  """The training batches of one process as a grain MapDataset (random access, resumable).
+  """The host batches of one process as a grain MapDataset (random access, resumable):
+  uint8 frames and masks (`device_batch` normalises them where the step runs).
 
   Args:
     source: a random-access data source of video records (`build.load_dataset(...)[split]`).
@@ -124,7 +199,6 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
       `process_count`.
     window, stride: window length; frames between consecutive task starts of a video.
     windows_per_task: K consecutive windows a task.
-    normalization: "sound" | "pixel" | "reference".
     speed: (lo, hi) time-stretch augmentation: each task is read at a speed drawn uniformly
       from [lo, hi] (1: as recorded; 1.25: every pulse 25 % faster), so a training set whose
       heart rates span 55-120 bpm also teaches 45-150. Tasks are only cut where `hi` fits.
@@ -141,9 +215,6 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
   if tasks_per_batch % process_count:
     raise ConfigError(f"data.tasks_per_batch={tasks_per_batch} must be divisible by the "
                       f"number of processes ({process_count})")
-  if normalization not in preprocess.NORMALIZATIONS:
-    raise ConfigError(f"data.normalization must be one of {preprocess.NORMALIZATIONS}, got "
-                      f"{normalization!r}")
   lo, hi = (float(v) for v in speed)
   if not 0 < lo <= hi:
     raise ConfigError(f"data.speed_min and data.speed_max must be 0 < min <= max, got "
@@ -153,8 +224,7 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
   ds = grain.MapDataset.source(index).shuffle(seed=seed).repeat(num_epochs)
   # Same permutation in every process; each takes every process_count-th task: disjoint.
   ds = ds[process_index::process_count]
-  ds = ds.random_map(_LoadTask(source, window, windows_per_task, normalization, (lo, hi)),
-                     seed=seed)
+  ds = ds.random_map(_LoadTask(source, window, windows_per_task, (lo, hi)), seed=seed)
   return ds.batch(tasks_per_batch // process_count, drop_remainder=True)
 
 
@@ -171,6 +241,43 @@ def shard_batch(batch: dict, mesh: jax.sharding.Mesh, axis: str = "data") -> dic
                         "multiple)")
     out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
   return out
+
+
+def device_batch(batch: dict, normalization: str,
+                 mesh: Optional[jax.sharding.Mesh] = None) -> dict:
+  """A host batch (HOST_KEYS, uint8 frames and masks) -> the step's batch (TRAIN_KEYS) on the
+  device(s): sharded over `mesh`'s "data" axis (None: the default device), then "x" =
+  `normalize(frames, mask, normalization)` there."""
+  on = shard_batch(batch, mesh) if mesh is not None else jax.device_put(batch)
+  return {"x": normalize(on["frames"], on["mask"], normalization),
+          **{k: on[k] for k in TRAIN_KEYS if k != "x"}}
+
+
+def host_iterator(config, source, *, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None, num_epochs: Optional[int] = None,
+                  read_threads: Optional[int] = None, window: int = preprocess.WINDOW):
+  """The host side of `train_iterator`: grain's iterator of host batches (HOST_KEYS, numpy),
+  resumable with `get_state()` / `set_state(s)`. Reading uses `config.data.worker_count`
+  processes (0: `read_threads` threads in this process, default one a core up to 8)."""
+  data = config.data
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  ds = train_dataset(source, tasks_per_batch=data.tasks_per_batch, window=window,
+                     stride=data.stride, speed=(data.speed_min, data.speed_max),
+                     seed=config.seed, num_epochs=num_epochs, process_index=pi,
+                     process_count=pc)
+  threads = read_threads or min(8, os.cpu_count() or 1)
+  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                 prefetch_buffer_size=2 * threads))
+  if data.worker_count > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read their settings from it
+      raise ConfigError(
+          f"data.worker_count={data.worker_count} needs absl's flags parsed (run through an "
+          "absl entry point such as metarppg_jax.main, or call absl.flags.FLAGS(argv) first); "
+          "or set data.worker_count=0 to read in threads")
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.worker_count))
+  return iter(iter_ds)
 
 
 class DeviceIterator:
@@ -219,33 +326,20 @@ def train_iterator(config, source, *, mesh: Optional[jax.sharding.Mesh] = None,
                    read_threads: Optional[int] = None, window: int = preprocess.WINDOW):
   """Training batches from `config` (the whole ConfigDict: `config.data`, `config.seed`).
 
-  With a mesh, batches are global jax.Arrays sharded over its "data" axis (prefetched to
-  device); without, numpy dicts. Either way `it.get_state()` / `it.set_state(s)` resume
-  exactly. Reading uses `config.data.worker_count` processes (0: `read_threads` threads in
-  this process, default one a core up to 8; numpy releases the GIL in the normalisation).
+  Batches (TRAIN_KEYS) are jax.Arrays, `device_batch` of `host_iterator`'s: sharded over the
+  mesh's "data" axis (None: on the default device), normalised there with
+  `config.data.normalization`, `prefetch` batches ahead. `it.get_state()` /
+  `it.set_state(s)` resume exactly.
   """
-  data = config.data
-  pi = jax.process_index() if process_index is None else process_index
-  pc = jax.process_count() if process_count is None else process_count
-  ds = train_dataset(source, tasks_per_batch=data.tasks_per_batch, window=window,
-                     stride=data.stride, normalization=data.normalization,
-                     speed=(data.speed_min, data.speed_max), seed=config.seed,
-                     num_epochs=num_epochs, process_index=pi, process_count=pc)
-  threads = read_threads or min(8, os.cpu_count() or 1)
-  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                 prefetch_buffer_size=2 * threads))
-  if data.worker_count > 0:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    if not flags.FLAGS.is_parsed():  # grain's worker processes read their settings from it
-      raise ConfigError(
-          f"data.worker_count={data.worker_count} needs absl's flags parsed (run through an "
-          "absl entry point such as metarppg_jax.main, or call absl.flags.FLAGS(argv) first); "
-          "or set data.worker_count=0 to read in threads")
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.worker_count))
-  iterator = iter(iter_ds)
-  if mesh is None:
-    return iterator
-  return DeviceIterator(iterator, lambda b: shard_batch(b, mesh), prefetch=prefetch)
+  normalization = config.data.normalization
+  if normalization not in preprocess.NORMALIZATIONS:
+    raise ConfigError(f"data.normalization must be one of {preprocess.NORMALIZATIONS}, got "
+                      f"{normalization!r}")
+  iterator = host_iterator(config, source, process_index=process_index,
+                           process_count=process_count, num_epochs=num_epochs,
+                           read_threads=read_threads, window=window)
+  return DeviceIterator(iterator, lambda b: device_batch(b, normalization, mesh),
+                        prefetch=prefetch)
 
 
 def _text(value) -> str:
@@ -262,7 +356,7 @@ def eval_videos(source, *, window: int = preprocess.WINDOW, num_windows: Optiona
     window: frames per window.
     num_windows: the first this many windows of each video; None: all full windows. Videos
       with fewer are still given (with fewer windows); the caller decides.
-    normalization: "sound" | "reference".
+    normalization: "sound" | "pixel" | "reference".
     process_index, process_count: this process evaluates videos index, index + count, ...
     rgb: compute "rgb" (else None: only the classical methods read it).
 
