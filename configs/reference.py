@@ -34,6 +34,8 @@ def get_config():
       "optim.cosine_t_max": 5,
       "optim.cosine_floor": 0.1,
       "data.normalization": "reference",
+      "data.speed_min": 1.0,            # no time-stretch augmentation
+      "data.speed_max": 1.0,
       "data.tasks_per_batch": 3,
       "eval.hr_estimator": "reference",
       "eval.queries": 3,

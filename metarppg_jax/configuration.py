@@ -201,10 +201,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def frames_needed(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """Frames a video must have: training takes 3 consecutive windows a task, evaluation
-  `meta.fewshots + eval.queries` windows a video."""
+  """Frames a video must have: training takes 3 consecutive windows a task (each spanning
+  up to `data.speed_max` times a window), evaluation `meta.fewshots + eval.queries` windows a
+  video."""
   w = WINDOW
-  return {"train": 3 * w, "eval": (config.meta.fewshots + config.eval.queries) * w}
+  return {"train": 3 * math.ceil(w * config.data.speed_max),
+          "eval": (config.meta.fewshots + config.eval.queries) * w}
 
 
 def check_against_data(config: ml_collections.ConfigDict, *, split: str, num_frames: int,
@@ -213,7 +215,8 @@ def check_against_data(config: ml_collections.ConfigDict, *, split: str, num_fra
   short for `purpose` ("train" or "eval"); `source` names the dataset in the message."""
   need = frames_needed(config)[purpose]
   if num_frames < need:
-    how = (f"3 windows of {WINDOW} frames" if purpose == "train" else
+    how = (f"3 windows of {WINDOW} frames at data.speed_max={config.data.speed_max:g}"
+           if purpose == "train" else
            f"(meta.fewshots={config.meta.fewshots} + eval.queries={config.eval.queries}) "
            f"windows of {WINDOW} frames")
     raise ConfigError(

@@ -82,10 +82,17 @@ def test_window_longer_than_the_video():
   with pytest.raises(ConfigError, match=r"model window \(60 frames\) is too long .* shortest video has 150"):
     configuration.check_against_data(config, split="test", num_frames=150, purpose="eval",
                                      source="synthetic_rppg")
+  config.data.speed_max = 1.0
   configuration.check_against_data(config, split="train", num_frames=180, purpose="train",
                                    source="synthetic_rppg")
   with pytest.raises(ConfigError, match="too long"):
     configuration.check_against_data(config, split="train", num_frames=179, purpose="train",
+                                     source="synthetic_rppg")
+  config.data.speed_max = 1.3       # stretched windows: 3 x ceil(60 x 1.3) frames
+  configuration.check_against_data(config, split="train", num_frames=234, purpose="train",
+                                   source="synthetic_rppg")
+  with pytest.raises(ConfigError, match="speed_max=1.3"):
+    configuration.check_against_data(config, split="train", num_frames=233, purpose="train",
                                      source="synthetic_rppg")
 
 
