@@ -239,8 +239,9 @@ def test_eval_videos(source):
 
 def test_benchmark_pipeline_reports_units(source, load_experiment):
   figures = load_experiment("benchmark").benchmark_pipeline(config(), source, num_batches=2,
-                                                            read_threads=1, window=W)
-  assert set(figures) == {"pipeline_clips_per_s", "pipeline_cpu_s_per_clip",
+                                                            warmup=1, read_threads=1, window=W)
+  assert set(figures) == {"pipeline_tasks_per_s", "pipeline_cpu_s_per_task",
+                          "pipeline_device_tasks_per_s", "pipeline_bytes_per_task",
                           "pipeline_startup_s"}
   assert all(v > 0 for v in figures.values())
 
@@ -268,3 +269,35 @@ def test_speed_augmentation_reads_each_task_at_one_drawn_speed(source):
 def test_speed_range_is_checked(source):
   with pytest.raises(ConfigError, match="speed_min"):
     ip.train_dataset(source, tasks_per_batch=1, window=W, stride=W, speed=(1.2, 1.0))
+
+
+class _Counting(list):
+  """A source that counts its record reads."""
+  reads = 0
+
+  def __getitem__(self, r):
+    self.reads += 1
+    return super().__getitem__(r)
+
+
+def test_record_cache_reads_each_record_once_within_its_bound(source):
+  import pickle  # pylint: disable=g-import-not-at-top
+  plain = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=0, cache_mb=0)
+  cached = ip.train_dataset(source, tasks_per_batch=2, window=W, stride=W, seed=0)
+  for i in range(6):   # the same batches, cache or not
+    for k in ip.HOST_KEYS:
+      np.testing.assert_array_equal(plain[i][k], cached[i][k])
+  counting = _Counting(source)
+  size = [sum(np.asarray(rec[k]).nbytes for k in ip.RecordCache.KEYS) for rec in source]
+  cache = ip.RecordCache(counting, max_bytes=size[0] + size[1])
+  for r in (0, 0, 1, 0, 1):
+    assert cache[r]["frames"] is source[r]["frames"]
+  assert counting.reads == 2
+  cache[2]                   # over the bound: evicts the least recently used, 0
+  cache[1]
+  assert counting.reads == 3
+  cache[0]
+  assert counting.reads == 4
+  clone = pickle.loads(pickle.dumps(cache))   # grain's worker processes: an empty cache
+  clone[0]
+  assert clone._records.keys() == {0}

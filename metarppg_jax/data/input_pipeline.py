@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import threading
 from typing import Any, Iterator, Optional
 
 import grain
@@ -43,6 +44,9 @@ from metarppg_jax.data import preprocess
 from metarppg_jax.errors import ConfigError
 
 WINDOWS_PER_TASK = 3
+# Decoded records kept per reading process (RecordCache): all of the synthetic sets and of
+# UBFC-rPPG / PURE's crops (1-2 GB); `config.data.cache_mb` overrides it.
+CACHE_MB = 2048
 HOST_KEYS = ("frames", "mask", "targets", "valid", "ppg")   # a task as the host loads it
 TRAIN_KEYS = ("x", "targets", "valid", "ppg")              # ... as the step sees it
 
@@ -127,11 +131,19 @@ def gather_windows(record: dict, starts: np.ndarray, *, window: int,
      "valid": bool[W], "ppg": f32[W, T], "hr": f32[W, T]}.
   """
   offsets = np.floor(np.arange(window) * speed + 1e-9).astype(np.int64)
-  idx = np.asarray(starts, np.int64)[:, None] + offsets
+  starts = np.asarray(starts, np.int64)
+  idx = starts[:, None] + offsets
   ppg = np.asarray(record["ppg"], np.float32)[idx]
   targets, valid = preprocess.quantize_ppg(ppg)
+  if speed == 1 and starts.size and np.all(np.diff(starts) == window):
+    # Consecutive windows (a training task, evaluation): views of one block, not copies.
+    block = slice(int(starts[0]), int(starts[0]) + starts.size * window)
+    frames = record["frames"][block].reshape(idx.shape + record["frames"].shape[1:])
+    mask = record["mask"][block].reshape(idx.shape + record["mask"].shape[1:])
+  else:
+    frames, mask = record["frames"][idx], record["mask"][idx]
   return {
-      "frames": record["frames"][idx], "mask": record["mask"][idx], "targets": targets,
+      "frames": frames, "mask": mask, "targets": targets,
       "valid": valid & bool(record["has_ppg"]), "ppg": ppg,
       "hr": np.asarray(record["hr"], np.float32)[idx] * np.float32(speed),
   }
@@ -164,12 +176,54 @@ def task_index(source, *, window: int, stride: int,
   return index
 
 
+class RecordCache:
+  """The records most recently read, whole, up to `max_bytes`: a record is one video, read
+  and decoded whole by the data source (40-50 ms for a 20 s video here), while a task's own
+  windows are a 1 ms slice of it; tasks of a cached video skip the read. Thread-safe (grain's
+  reading threads share it); each worker process has its own."""
+
+  KEYS = ("frames", "mask", "ppg", "hr", "has_ppg")
+
+  def __init__(self, source, max_bytes: int):
+    self._source = source
+    self._max = int(max_bytes)
+    self.__setstate__(None)
+
+  def __getstate__(self):  # to grain's worker processes: the source, not the cache or lock
+    return {"_source": self._source, "_max": self._max}
+
+  def __setstate__(self, state):
+    if state:
+      self.__dict__.update(state)
+    self._lock = threading.Lock()
+    self._records = collections.OrderedDict()
+    self._bytes = 0
+
+  def __getitem__(self, r: int) -> dict:
+    with self._lock:
+      record = self._records.get(r)
+      if record is not None:
+        self._records.move_to_end(r)
+        return record
+    full = self._source[r]   # outside the lock: threads read different records at once
+    record = {k: full[k] for k in self.KEYS}
+    size = sum(np.asarray(v).nbytes for v in record.values())
+    with self._lock:
+      if size <= self._max and r not in self._records:
+        self._records[r] = record
+        self._bytes += size
+        while self._bytes > self._max:
+          _, old = self._records.popitem(last=False)
+          self._bytes -= sum(np.asarray(v).nbytes for v in old.values())
+    return record
+
+
 class _LoadTask:
   """grain random map: (record, start), rng -> one task's K windows (HOST_KEYS), at a
   speed drawn uniformly from `speed` (the same for the task's K windows)."""
 
   def __init__(self, source, window, windows_per_task, speed):
-    self._source = source
+    self._source = source   # a RecordCache
     self._window = window
     self._k = windows_per_task
     self._speed = speed
@@ -189,7 +243,7 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
                   windows_per_task: int = WINDOWS_PER_TASK,
                   speed: tuple[float, float] = (1.0, 1.0), seed: int = 0,
                   num_epochs: Optional[int] = None, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
+                  process_count: int = 1, cache_mb: float = CACHE_MB) -> grain.MapDataset:
   """The host batches of one process as a grain MapDataset (random access, resumable):
   uint8 frames and masks (`device_batch` normalises them where the step runs).
 
@@ -205,6 +259,7 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
     seed: shuffling and speed seed (every epoch is a different permutation of all tasks).
     num_epochs: None repeats forever.
     process_index, process_count: this process's shard (jax.process_index/count).
+    cache_mb: the records kept decoded (`RecordCache`), per reading process.
 
   Returns:
     MapDataset of batch dicts (see the module docstring), N / process_count tasks each; the
@@ -224,7 +279,8 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
   ds = grain.MapDataset.source(index).shuffle(seed=seed).repeat(num_epochs)
   # Same permutation in every process; each takes every process_count-th task: disjoint.
   ds = ds[process_index::process_count]
-  ds = ds.random_map(_LoadTask(source, window, windows_per_task, (lo, hi)), seed=seed)
+  cache = RecordCache(source, cache_mb * 2 ** 20)
+  ds = ds.random_map(_LoadTask(cache, window, windows_per_task, (lo, hi)), seed=seed)
   return ds.batch(tasks_per_batch // process_count, drop_remainder=True)
 
 
@@ -265,7 +321,7 @@ def host_iterator(config, source, *, process_index: Optional[int] = None,
   ds = train_dataset(source, tasks_per_batch=data.tasks_per_batch, window=window,
                      stride=data.stride, speed=(data.speed_min, data.speed_max),
                      seed=config.seed, num_epochs=num_epochs, process_index=pi,
-                     process_count=pc)
+                     process_count=pc, cache_mb=data.get("cache_mb", CACHE_MB))
   threads = read_threads or min(8, os.cpu_count() or 1)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                  prefetch_buffer_size=2 * threads))
