@@ -1,29 +1,41 @@
 r"""Speed of the method on this machine: the figures of the README's speed sections.
 
     python experiments/benchmark.py [--json PATH] [--sections outer_step,eval,matmul]
-        [--config configs/reference.py] [--tasks 3 --size 64 --fewshots 1 --repeats 7]
+        [--original DIR] [--config configs/reference.py] [--tasks 3 --size 64 --fewshots 1]
+        [--repeats 7] [--eval_videos 1,4] [--precision default|highest]
 
 Each section is one function `bench_<name>(args, out)` writing figures into one dict, keys
 with their unit: outer_step_median_s, outer_step_spread_s (interquartile range),
-compile_s, eval_frames_per_s (one video's transductive test, frames counted over its query
-frames), eval_batch_frames_per_s (a vmapped batch of videos), gflops_per_s (XLA's FLOP count
-of the compiled outer step / its median time), matmul_peak_gflops_per_s (a jitted float32
-4096 matmul), peak_memory_mb (the process's maximum resident set). Section `scaling` (not
-run by default: `--sections scaling`) adds the scaling-out table: `scaling` (one row per fake
-CPU device count of `--scaling_devices`, each run in its own process) and
+outer_step_min_s, compile_s, outer_step_flops, gflops_per_s (XLA's FLOP count of the compiled
+outer step / its median time); per count V of `--eval_videos`, eval_<V>v_median_s,
+eval_<V>v_spread_s, eval_<V>v_compile_s and eval_<V>v_frames_per_s (V videos' transductive
+tests in one `inference.evaluate_videos` call, frames counted over the query frames; an
+out-of-memory count records eval_<V>v_error instead); matmul_peak_gflops_per_s (a jitted
+float32 4096 matmul); peak_memory_mb (the process's maximum resident set). Section `scaling`
+(not run by default: `--sections scaling`) adds the scaling-out table: `scaling` (one row per
+fake CPU device count of `--scaling_devices`, each run in its own process) and
 scaling_<d>dev_outer_step_median_s, scaling_<d>dev_tasks_per_s,
 scaling_<d>dev_ring_bytes_per_device_per_step, scaling_allreduce_bytes_per_step. Defaults: the
 reference config, 3 tasks x 60 frames x 64x64, fewshots 1, as the original's defaults.
 
-The original PyTorch release on this 2-core CPU (machine otherwise idle): a median
-2.4-2.5 s per outer iteration; one transductive test (1 support + 3 query windows) 0.38-0.40 s,
-i.e. 180 query frames / 0.39 s = 460 frames/s. `outer_step_vs_original` and
-`eval_vs_original` are the ratios to those figures (goal: <= 0.8 and >= 2). The machine is
-shared: compare figures from one run, and re-run when it is quiet.
+`--original DIR` (a checkout of the original PyTorch release, eugenelet/Meta-rPPG; torch from
+the `[torch]` extra) times the original at the same settings in the same run, each of its
+repeats right after one of ours (the machine's other load falls on both alike):
+original_outer_step_median_s (its training loop's body: adaptation window, two learning
+windows, the fewshot test, the prototype update), original_eval_median_s and
+original_eval_frames_per_s (its `fewshot_test`: fewshots support + `--tasks` query windows of
+one video), and the ratios outer_step_vs_original (ours / its time: below 1 is faster),
+eval_vs_original and eval_<V>v_vs_original (our query frames/s / its). Without it there is no
+ratio: figures from another machine or another hour are not a comparison.
+
+The data section imports the data pipeline (tensorflow-datasets, grain, PyAV, OpenCV) only
+when it runs: sections outer_step, eval and matmul need only jax, flax, optax, numpy, scipy
+and ml_collections (a GPU machine).
 """
 
 import argparse
 import fractions
+import functools
 import json
 import os
 import resource
@@ -42,22 +54,28 @@ from metarppg_jax import hparams
 from metarppg_jax import inference
 from metarppg_jax import meta
 from metarppg_jax import state as state_lib
-from metarppg_jax.data import build
-from metarppg_jax.data import input_pipeline
 from metarppg_jax.data import preprocess
-from metarppg_jax.data import synthetic
 
-ORIGINAL_OUTER_STEP_S = 2.45
-ORIGINAL_EVAL_FRAMES_PER_S = 180 / 0.39
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _timed(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
+  return _interleaved({"fn": fn}, repeats)["fn"]
+
+
+def _interleaved(runs, repeats):
+  """{name: fn} -> {name: [s]}: each fn (its result waited for) timed `repeats` times, taking
+  turns, one call of each a round, so that load that comes and goes on a shared machine falls
+  on every one alike; one untimed round first (first calls pay for compilation, allocation,
+  torch's lazy set-up)."""
+  for fn in runs.values():
     jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, fn in runs.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t0)
   return times
 
 
@@ -66,23 +84,37 @@ def _spread(times):
   return float(q[1] - q[0])
 
 
-def time_step(step, state, batch, repeats):
-  """Compiles a jitted `step(state, batch) -> (state, metrics)` (state donated), runs it once
-  to warm up, then `repeats` timed times. -> (compile_s, XLA's FLOP count, [s], last state)."""
+def _record(out, prefix, times):
+  out[f"{prefix}_median_s"] = statistics.median(times)
+  out[f"{prefix}_spread_s"] = _spread(times)
+  out[f"{prefix}_min_s"] = min(times)
+
+
+def compile_step(step, state, batch):
+  """A jitted `step(state, batch) -> (state, metrics)` compiled.
+  -> (run: one step on the last state, compile_s, XLA's FLOP count)."""
   t0 = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
-  state, _ = compiled(state, batch)  # warm-up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  return compile_s, flops, times, state
+  last = [state, None]  # the state is donated: each step takes the last one's
+
+  def run():
+    last[:] = compiled(last[0], batch)
+    return last[1]
+
+  run.state = lambda: last[0]
+  return run, compile_s, flops
+
+
+def time_step(step, state, batch, repeats):
+  """Compiles a jitted `step(state, batch) -> (state, metrics)` (state donated), runs it once
+  to warm up (`_interleaved`), then `repeats` timed times. -> (compile_s, XLA's FLOP count, [s], last state)."""
+  run, compile_s, flops = compile_step(step, state, batch)
+  times = _timed(run, repeats)
+  return compile_s, flops, times, run.state()
 
 
 def step_batch(config, n, size, fewshots):
@@ -116,41 +148,175 @@ def bench_matmul(args, out):
 
 
 def bench_outer_step(args, out):
+  """Our outer step (and the original's, with --original) at the same settings."""
   config = _config(args)
   n, s = args.tasks, args.size
   state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
   batch = step_batch(config, n, s, args.fewshots)
   state = meta.update_prototype(config, state, batch["x"][:, 0])
-  step = meta.make_meta_train_step(config)
-  out["compile_s"], flops, times, _ = time_step(step, state, batch, args.repeats)
-  median = statistics.median(times)
-  out["outer_step_median_s"] = median
-  out["outer_step_spread_s"] = _spread(times)
-  out["outer_step_min_s"] = min(times)
+  run, out["compile_s"], flops = compile_step(meta.make_meta_train_step(config), state, batch)
+  runs = {"ours": run}
+  if args.original:
+    runs["original"] = original_runs(args, config)["step"]
+  times = _interleaved(runs, args.repeats)
+  _record(out, "outer_step", times["ours"])
   out["outer_step_flops"] = flops
-  out["gflops_per_s"] = flops / median / 1e9
-  out["outer_step_vs_original"] = median / ORIGINAL_OUTER_STEP_S
+  out["gflops_per_s"] = flops / out["outer_step_median_s"] / 1e9
+  if args.original:
+    _record(out, "original_outer_step", times["original"])
+    out["outer_step_vs_original"] = (out["outer_step_median_s"]
+                                     / out["original_outer_step_median_s"])
 
 
 def bench_eval(args, out):
+  """The transductive test of V videos in one call for each V of --eval_videos (and the
+  original's test of one video, with --original): fewshots support + `tasks` query windows a
+  video, as the original's test (its queries are the LSTM state's batch)."""
   config = _config(args)
   n, s, fs = args.tasks, args.size, args.fewshots
   state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_tasks=n)
-  queries = n  # the original's test: fewshots + N windows, queries = the LSTM state's batch
-  for name, videos in (("eval", 1), ("eval_batch", args.eval_videos)):
-    clips = _clips(jax.random.PRNGKey(2), (videos, fs + queries, 60, s, s, 3))
-    t0 = time.perf_counter()
-    jax.block_until_ready(inference.evaluate_videos(config, state, clips, adapt=True))
-    out[f"{name}_compile_s"] = time.perf_counter() - t0
-    times = _timed(lambda: inference.evaluate_videos(config, state, clips, adapt=True),
-                   args.repeats)
-    median = statistics.median(times)
-    out[f"{name}_median_s"] = median
-    out[f"{name}_spread_s"] = _spread(times)
-    out[f"{name}_frames_per_s"] = videos * queries * 60 / median
-  out["eval_videos"] = args.eval_videos
-  out["eval_vs_original"] = out["eval_frames_per_s"] / ORIGINAL_EVAL_FRAMES_PER_S
-  out["eval_batch_vs_original"] = out["eval_batch_frames_per_s"] / ORIGINAL_EVAL_FRAMES_PER_S
+  counts = [int(v) for v in args.eval_videos.split(",")]
+  out["eval_videos"] = counts
+  runs = {}
+  for v in counts:
+    clips = _clips(jax.random.PRNGKey(2), (v, fs + n, 60, s, s, 3))
+    run = functools.partial(inference.evaluate_videos, config, state, clips, adapt=True)
+    out["eval_batching"] = inference.video_batching(clips)
+    try:
+      t0 = time.perf_counter()
+      jax.block_until_ready(run())  # compiles
+      out[f"eval_{v}v_compile_s"] = time.perf_counter() - t0
+      runs[v] = run
+    except jax.errors.JaxRuntimeError as e:  # out of memory on a device: the other counts go on
+      out[f"eval_{v}v_error"] = str(e).split("\n")[0][:300]
+  if args.original:
+    runs["original"] = original_runs(args, config)["test"]
+  times = _interleaved(runs, args.repeats)
+  if args.original:
+    _record(out, "original_eval", times.pop("original"))
+    out["original_eval_frames_per_s"] = n * 60 / out["original_eval_median_s"]
+  for v, t in times.items():
+    _record(out, f"eval_{v}v", t)
+    out[f"eval_{v}v_frames_per_s"] = v * n * 60 / out[f"eval_{v}v_median_s"]
+    if args.original:
+      name = "eval_vs_original" if v == 1 else f"eval_{v}v_vs_original"
+      out[name] = out[f"eval_{v}v_frames_per_s"] / out["original_eval_frames_per_s"]
+
+
+# --------------------------------------------------------------------------------------------
+# The original PyTorch release, run side by side (--original).
+# --------------------------------------------------------------------------------------------
+
+def import_original(orig_dir):
+  """The original's `meta_rPPG` class, imported from its checkout at `orig_dir`.
+
+  As `../shared/reference/make_reference.py` does, with two environment patches that leave
+  its computation alone: matplotlib and sklearn, imported by its data code but unused here,
+  are stubbed where not installed, and `scipy.signal.hann` (removed from SciPy) is aliased to
+  `scipy.signal.windows.hann`. The third (clone) is `_contiguous_clone`, around each call.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  import importlib.machinery  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  import scipy.signal  # pylint: disable=g-import-not-at-top
+  import scipy.signal.windows  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("torch") is None:
+    raise SystemExit("--original needs torch: pip install -e \".[torch]\"")
+  if not os.path.isfile(os.path.join(orig_dir, "model", "main_model.py")):
+    raise SystemExit(
+        f"--original {orig_dir}: no model/main_model.py there; check out the original release "
+        "(eugenelet/Meta-rPPG), e.g. git clone https://github.com/eugenelet/Meta-rPPG DIR")
+  for name in ("matplotlib", "matplotlib.pyplot", "sklearn", "sklearn.preprocessing"):
+    try:
+      importlib.import_module(name)
+    except ImportError:
+      stub = types.ModuleType(name)
+      stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
+      sys.modules[name] = stub
+  if not hasattr(sys.modules["sklearn.preprocessing"], "normalize"):
+    sys.modules["sklearn.preprocessing"].normalize = None
+  if not hasattr(scipy.signal, "hann"):
+    scipy.signal.hann = scipy.signal.windows.hann
+  if os.path.abspath(orig_dir) not in sys.path:
+    sys.path.insert(0, os.path.abspath(orig_dir))
+  from model.main_model import meta_rPPG  # pylint: disable=g-import-not-at-top,import-error
+  return meta_rPPG
+
+
+def _contiguous_clone(fn):
+  """fn with Tensor.clone() contiguous while it runs, as in PyTorch 1.5, which the original
+  ran on: its ordinal layer's .view() needs it (values unchanged, only the layout)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  def wrapped():
+    plain = torch.Tensor.clone
+
+    def clone(self, *a, **k):
+      k.setdefault("memory_format", torch.contiguous_format)
+      return plain(self, *a, **k)
+
+    torch.Tensor.clone = clone
+    try:
+      return fn()
+    finally:
+      torch.Tensor.clone = plain
+  return wrapped
+
+
+def original_runs(args, config):
+  """The original model at our settings (tasks, frame size, fewshots, adaptation position),
+  float32, torch's default threads. -> {"step": one outer iteration as its train.py runs it
+  (adaptation window, two learning windows, its `testing` (the fewshot test), the prototype
+  update), "test": its `fewshot_test` on fewshots support + `tasks` query windows}; each
+  returns None once done (torch runs eagerly)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  meta_rppg = import_original(args.original)
+  n, s, fs = args.tasks, args.size, args.fewshots
+  opt = argparse.Namespace(
+      name="meta_rPPG", checkpoints_dir="checkpoints", gpu_ids="", lstm_num_layers=2,
+      batch_size=n, fewshots=fs, lr=1e-3, adapt_position=config.meta.adapt_position,
+      continue_train=False, print_net=False, win_size=60)
+  gen = torch.Generator().manual_seed(1)
+  x = 0.1 * torch.randn((n, 3, 60, 3, s, s), generator=gen)  # its layout: [N, T, C, H, W]
+  t = torch.randint(0, 40, (n, 3, 60), generator=gen)
+  test = {"input": 0.1 * torch.randn((fs + n, 60, 3, s, s), generator=gen),
+          "rPPG": torch.randint(0, 40, (fs + n, 60), generator=gen)}
+  window = lambda i: {"input": x[:, i], "rPPG": t[:, i]}
+  cwd = os.getcwd()
+  with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+    os.chdir(tmp)  # it makes ./checkpoints
+    try:
+      model = meta_rppg(opt, isTrain=True)
+      model.setup(opt)
+    finally:
+      os.chdir(cwd)
+  model.set_input(window(0))
+  _contiguous_clone(model.update_prototype)()  # as its train.py, before the loop
+
+  def step():
+    model.B_net.feed_hc([model.h, model.c])
+    for i in range(3):
+      model.set_input(window(i))
+      if i == 0:
+        model.new_theta_update(1)  # adaptation phase
+      else:
+        model.new_psi_phi_update(1)  # learning phase
+    fewshot_test()
+    model.set_input(window(0))
+    model.update_prototype()
+
+  def fewshot_test():
+    model.set_input(test)
+    model.fewshot_test(1)
+    model.train()
+
+  out = {"step": _contiguous_clone(step), "test": _contiguous_clone(fewshot_test)}
+  args.original_info = {"original_torch_version": torch.__version__,
+                        "original_torch_threads": torch.get_num_threads()}
+  return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,6 +410,7 @@ def benchmark_generation(seconds: float = 60.0, domain: str = "shifted",
   Returns wall-clock and process CPU seconds per minute of video (CPU time is the steadier
   figure on a shared machine), keys with their unit.
   """
+  from metarppg_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   wall, cpu = [], []
   for r in range(repeats):
     w0, c0 = time.perf_counter(), time.process_time()
@@ -266,6 +433,7 @@ def benchmark_build(name: str, *, manual_dir: str, data_dir: str,
     {"build_frames_per_s": stored frames / wall s, "build_cpu_s_per_frame": process CPU s a
      stored frame, "build_frames": count, "build_s": wall s}.
   """
+  from metarppg_jax.data import build  # pylint: disable=g-import-not-at-top
   wall, cpu = time.perf_counter(), time.process_time()
   builder = build.build_dataset(name, data_dir=data_dir, manual_dir=manual_dir, config=config,
                                 overwrite=True)
@@ -288,6 +456,7 @@ def write_long_face_video(folder: str, *, seconds: float, fps: float = 61.0,
   Returns:
     The number of frames written.
   """
+  from metarppg_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   import av  # pylint: disable=g-import-not-at-top
   import cv2  # pylint: disable=g-import-not-at-top
   clip = synthetic.generate_video(0, seconds=2.0, fps=fps, domain="source",
@@ -513,7 +682,12 @@ def main(argv=None):
   ap.add_argument("--size", type=int, default=64)
   ap.add_argument("--fewshots", type=int, default=1)
   ap.add_argument("--repeats", type=int, default=7)
-  ap.add_argument("--eval_videos", type=int, default=4)
+  ap.add_argument("--eval_videos", default="1,4",
+                  help="section eval: video counts, each timed as one evaluate_videos call")
+  ap.add_argument("--original", default="",
+                  help="a checkout of the original PyTorch release: timed side by side")
+  ap.add_argument("--precision", choices=("default", "highest"), default="default",
+                  help="jax_default_matmul_precision (highest: float32 on GPUs, no TF32)")
   ap.add_argument("--scaling_devices", default="1,2,4",
                   help="section scaling: fake CPU device counts, one process each")
   ap.add_argument("--scaling_tasks", type=int, default=4,
@@ -537,16 +711,21 @@ def main(argv=None):
     with open(args.scaling_worker, "w") as f:
       json.dump(row, f)
     return 0
+  if args.original:
+    import_original(args.original)  # fails now, not after our compilation
+  if args.precision == "highest":
+    jax.config.update("jax_default_matmul_precision", "highest")
   out = {"jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()],
          "tasks": args.tasks, "size": args.size, "fewshots": args.fewshots,
-         "config": os.path.relpath(args.config, REPO),
-         "xla_flags": os.environ.get("XLA_FLAGS", "")}
+         "config": os.path.relpath(args.config, REPO), "precision": args.precision,
+         "repeats": args.repeats, "xla_flags": os.environ.get("XLA_FLAGS", "")}
   for name in args.sections.split(","):
     if name not in SECTIONS:
       ap.error(f"unknown section {name!r}; known: {sorted(SECTIONS)}")
     SECTIONS[name](args, out)
     print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in out.items()), flush=True)
+  out.update(getattr(args, "original_info", {}))
   out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(out, indent=1))
   if args.json:
