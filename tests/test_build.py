@@ -108,3 +108,17 @@ def test_benchmark_build_counts_stored_frames(ubfc_manual, tmp_path, load_experi
                                                          data_dir=str(tmp_path))
   assert figures["build_frames"] == 75
   assert figures["build_frames_per_s"] > 0 and figures["build_cpu_s_per_frame"] > 0
+
+
+@pytest.mark.slow
+def test_benchmark_build_memory_measures_each_build_in_its_own_process(load_experiment):
+  """3 s of a 780x580 61 fps video (90 frames at 30 fps: more than a window), built by this
+  checkout and by a 'baseline' that is this checkout too: both peaks measured, the stored
+  examples identical."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  figures = load_experiment("benchmark").benchmark_build_memory((3.0,), baseline=repo)
+  row, = figures["build_memory"]
+  assert row["frames"] == 183 and row["decoded_mb"] == pytest.approx(183 * 780 * 580 * 3 / 2**20)
+  assert row["identical"]
+  assert figures["build_peak_memory_mb"] == row["peak_mb"] > figures["build_import_peak_mb"] > 0
+  assert row["baseline_peak_mb"] > 0 and row["wall_s"] > 0
