@@ -2,7 +2,8 @@
 
 A builder lists its videos (`_discover`), turns each into one example (`_make_example`) or
 raises `Skip` with a reason, and assigns subjects to splits (`_assign_splits`). The base class
-processes every video first (into a scratch directory, so memory holds one video at a time),
+processes every video first (into a scratch directory, so memory holds one video's crops at a
+time; `example_from_video` reads the video itself in two passes, never decoded whole),
 collects the skips, and only then lets tfds write the splits: a split that lost all its videos
 is left out (and logged), a dataset that lost all of them is a `DataError`, and nothing is
 written under the final directory until everything succeeded (tfds writes to an `incomplete.*`
