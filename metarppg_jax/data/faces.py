@@ -68,7 +68,7 @@ def _per_thread() -> threading.local:
   return threading.local()
 
 
-def _cascade() -> cv2.CascadeClassifier:
+def _cascade() -> "cv2.CascadeClassifier":
   """This thread's Haar cascade, loaded on its first use: loading it takes longer than a
   detection on a small frame, so it is not reloaded per call."""
   held = _per_thread()
