@@ -7,7 +7,9 @@ pixel, tasks time-stretched 0.8-1.3x (the shifted domain's heart rates reach 45-
 source's only 55-120), 10 epochs of 40 steps, all 14 query windows of a 30 s video scored.
 Each choice was measured on the validation splits (validation, validation_shifted), never on
 test; the README's "Meta-rPPG on the synthetic benchmark" gives the figures and the commands.
-About 30-40 min on 2 CPU cores, minutes on one GPU.
+On one H200 (shared with 10 other jobs) the run took 3.5 min after the 1 min build; on 2 CPU
+cores expect about 40 min (estimated from the default run's step time: 400 steps instead of
+120, plus a 46-video build; not run on a CPU here).
 """
 
 from metarppg_jax import configuration
