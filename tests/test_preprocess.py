@@ -106,7 +106,7 @@ def test_normalisation_never_divides_by_an_empty_mask():
   masks[1] = 0
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    for mode in ("reference", "sound"):
+    for mode in preprocess.NORMALIZATIONS:
       assert np.isfinite(preprocess.normalize_clip(frames, masks, mode=mode)).all()
 
 
@@ -136,6 +136,39 @@ def test_sound_normalisation():
   batch = np.stack([frames, 0.7 * frames])
   both = preprocess.normalize_clip(batch, np.stack([masks, masks]))
   np.testing.assert_allclose(both[0], out, atol=1e-6)
+
+
+def test_pixel_normalisation():
+  """Each pixel's own relative change: the static texture cancels pixel by pixel, the pulse
+  is what remains (same sign in every skin pixel), the drift is gone, the scale is O(1)."""
+  rng = np.random.default_rng(4)
+  t, h, w = 60, 8, 8
+  skin = np.array([180.0, 120.0, 100.0])
+  texture = rng.uniform(0.5, 1.5, (h, w, 1))                      # strong facial structure
+  pulse = 0.01 * np.sin(2 * np.pi * 1.2 * np.arange(t) / 30.0)
+  ramp = 1 + 0.05 * np.arange(t) / t                              # illumination drift
+  frames = (skin * texture)[None] * ((1 - pulse) * ramp)[:, None, None, None]
+  masks = np.ones((t, h, w), np.uint8)
+  masks[:, :2] = 0
+  out = preprocess.normalize_clip(frames, masks, mode="pixel")
+  assert out.dtype == np.float32 and out.shape == frames.shape
+  assert np.all(out[:, :2] == 0)                                  # non-skin zeroed
+  skin_values = out[:, 2:]
+  assert np.sqrt(np.mean(skin_values ** 2)) == pytest.approx(1.0, rel=1e-4)   # unit scale
+  # Every skin pixel carries the (negated) pulse, whatever its texture or brightness.
+  for i, j in [(2, 0), (5, 3), (7, 7)]:
+    for c in range(3):
+      assert np.corrcoef(out[:, i, j, c], -pulse)[0, 1] > 0.99
+  # Scale and texture invariance: another skin tone and light level give the same input.
+  np.testing.assert_allclose(preprocess.normalize_clip(0.6 * frames, masks, "pixel"), out,
+                             atol=1e-4)
+  # Motion or glare beyond PIXEL_CLIP is clipped before scaling.
+  spiky = frames.copy()
+  spiky[30, 4, 4] *= 3.0
+  clipped = preprocess.normalize_clip(spiky, masks, "pixel")
+  assert np.isfinite(clipped).all() and np.abs(clipped).max() < 50
+  with pytest.raises(ValueError, match="mode must be one of"):
+    preprocess.normalize_clip(frames, masks, mode="pixels")
 
 
 def test_quantize_matches_original():
