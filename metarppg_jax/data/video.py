@@ -13,6 +13,10 @@ packet) returns the frames decoded before the damage and says so in `Video.warni
 (the dataset builders) decide whether a shortened video is usable, e.g. by checking it against
 the ground-truth length, and report it. Nothing is dropped silently.
 
+`VideoFile` and `ImageSequence` are the same readers as passes that yield one frame at a time
+(only the frames asked for are converted to RGB / read), for the dataset build, which reads a
+video twice instead of holding it decoded (a MAHNOB-HCI session is 83 MB a second);
+`read_video` and `read_image_sequence` are one pass kept whole.
 `read_image_sequence` reads per-frame image files (PURE's PNGs). `write_video` writes frames
 with a chosen codec (lossless `ffv1`/`rawvideo`, lossy `mjpeg`/`h264`); the synthetic generator
 and the tests use it.
