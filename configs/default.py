@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 0.8-1.3: the source domain's 55-120 bpm also teaches the 45-150 bpm of the shifted one.
   config.data.speed_min = 0.8
   config.data.speed_max = 1.3
+  # In-band light fluctuations (augment.illumination) of up to this relative size; 0: off.
+  config.data.augment_light = 0.0
   config.data.train_split = "train"
   config.data.eval_split = "test"
   config.data.worker_count = 0

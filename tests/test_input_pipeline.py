@@ -144,7 +144,8 @@ def test_process_shards_are_disjoint(source):
 def config(**data):
   cfg = ml_collections.ConfigDict({"seed": 7, "data": {
       "tasks_per_batch": 2, "stride": W, "normalization": "sound",
-      "worker_count": 0, "speed_min": 1.0, "speed_max": 1.0}})
+      "worker_count": 0, "speed_min": 1.0, "speed_max": 1.0, "augment_light": 0.0,
+      "fps": 30.0}})
   cfg.data.update(data)
   return cfg
 
@@ -301,3 +302,13 @@ def test_record_cache_reads_each_record_once_within_its_bound(source):
   clone = pickle.loads(pickle.dumps(cache))   # grain's worker processes: an empty cache
   clone[0]
   assert clone._records.keys() == {0}
+
+
+def test_light_augmentation_changes_frames_not_targets(source):
+  plain = ip.train_dataset(source, tasks_per_batch=1, window=W, stride=W, seed=1)
+  lit = ip.train_dataset(source, tasks_per_batch=1, window=W, stride=W, seed=1,
+                         light=0.05)
+  assert not np.array_equal(plain[0]["frames"], lit[0]["frames"])
+  np.testing.assert_array_equal(plain[0]["ppg"], lit[0]["ppg"])     # the targets stay
+  with pytest.raises(ConfigError, match="augment_light"):
+    ip.train_dataset(source, tasks_per_batch=1, window=W, stride=W, light=-1.0)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarppg_jax.data import augment
 from metarppg_jax.data import preprocess
 from metarppg_jax.errors import ConfigError
 
@@ -220,13 +221,16 @@ class RecordCache:
 
 class _LoadTask:
   """grain random map: (record, start), rng -> one task's K windows (HOST_KEYS), at a
-  speed drawn uniformly from `speed` (the same for the task's K windows)."""
+  speed drawn uniformly from `speed` (the same for the task's K windows), relit by
+  `augment.illumination` when `light` > 0."""
 
-  def __init__(self, source, window, windows_per_task, speed):
+  def __init__(self, source, window, windows_per_task, speed, light=0.0, fps=30.0):
     self._source = source   # a RecordCache
     self._window = window
     self._k = windows_per_task
     self._speed = speed
+    self._light = light
+    self._fps = fps
 
   def __call__(self, entry, rng: np.random.Generator) -> dict:
     record = self._source[int(entry[0])]
@@ -235,6 +239,8 @@ class _LoadTask:
     span = int(np.ceil(self._window * speed))
     starts = int(entry[1]) + span * np.arange(self._k)
     w = gather_windows(record, starts, window=self._window, speed=speed)
+    if self._light > 0:
+      w["frames"] = augment.illumination(w["frames"], rng, self._light, self._fps)
     return {k: w[k] for k in HOST_KEYS}
 
 
@@ -243,7 +249,8 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
                   windows_per_task: int = WINDOWS_PER_TASK,
                   speed: tuple[float, float] = (1.0, 1.0), seed: int = 0,
                   num_epochs: Optional[int] = None, process_index: int = 0,
-                  process_count: int = 1, cache_mb: float = CACHE_MB) -> grain.MapDataset:
+                  process_count: int = 1, cache_mb: float = CACHE_MB, light: float = 0.0,
+                  fps: float = 30.0) -> grain.MapDataset:
   """The host batches of one process as a grain MapDataset (random access, resumable):
   uint8 frames and masks (`device_batch` normalises them where the step runs).
 
@@ -260,6 +267,9 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
     num_epochs: None repeats forever.
     process_index, process_count: this process's shard (jax.process_index/count).
     cache_mb: the records kept decoded (`RecordCache`), per reading process.
+    light: `augment.illumination` amplitude (0: off): in-band light fluctuations of up to
+      this relative size added to every task.
+    fps: the frame rate (of the fluctuation's time axis).
 
   Returns:
     MapDataset of batch dicts (see the module docstring), N / process_count tasks each; the
@@ -280,7 +290,10 @@ def train_dataset(source, *, tasks_per_batch: int, window: int = preprocess.WIND
   # Same permutation in every process; each takes every process_count-th task: disjoint.
   ds = ds[process_index::process_count]
   cache = RecordCache(source, cache_mb * 2 ** 20)
-  ds = ds.random_map(_LoadTask(cache, window, windows_per_task, (lo, hi)), seed=seed)
+  if light < 0:
+    raise ConfigError(f"data.augment_light must be >= 0, got {light:g}")
+  ds = ds.random_map(_LoadTask(cache, window, windows_per_task, (lo, hi), light, fps),
+                     seed=seed)
   return ds.batch(tasks_per_batch // process_count, drop_remainder=True)
 
 
@@ -320,6 +333,7 @@ def host_iterator(config, source, *, process_index: Optional[int] = None,
   pc = jax.process_count() if process_count is None else process_count
   ds = train_dataset(source, tasks_per_batch=data.tasks_per_batch, window=window,
                      stride=data.stride, speed=(data.speed_min, data.speed_max),
+                     light=data.augment_light, fps=data.fps,
                      seed=config.seed, num_epochs=num_epochs, process_index=pi,
                      process_count=pc, cache_mb=data.get("cache_mb", CACHE_MB))
   threads = read_threads or min(8, os.cpu_count() or 1)
