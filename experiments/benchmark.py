@@ -618,6 +618,11 @@ def benchmark_pipeline(config, source, *, num_batches: int = 20, warmup: int = 1
 H100_PEAK_FLOPS = 60e12
 H100_UTILISATION = 0.4
 PIPELINE_TARGET = 10   # the pipeline should sustain this many H100s
+# A measured GPU outer step (configs/reference.py, 3 tasks, default precision, on an H200 with
+# jax 0.11.2: experiments/results/benchmark_gpu_outer_step.txt). Its XLA FLOP count there is
+# 15 GFLOP, not the CPU's 159 (cuDNN's convolutions are not counted alike): the FLOP estimate
+# and this measurement bracket what one GPU consumes.
+GPU_STEP_S = 0.02297
 
 
 def outer_step_flops(args) -> float:
@@ -646,8 +651,9 @@ def bench_data(args, out):
   MAHNOB-sized videos (`--build_seconds`, against the checkout `--build_baseline` when given),
   and the training pipeline's tasks/s on the built synthetic `small` dataset (built into
   --data_dir on first use) against `PIPELINE_TARGET` times one H100's consumption
-  (`h100_consumption`; pipeline_vs_target >= 1: enough) and against this machine's outer
-  step (pipeline_margin_over_training)."""
+  (`h100_consumption`; pipeline_vs_target >= 1: enough), against as many GPUs at the measured
+  `GPU_STEP_S` (pipeline_vs_measured_gpu_target) and against this machine's outer step
+  (pipeline_margin_over_training)."""
   from metarppg_jax.data import build  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   seconds = tuple(float(v) for v in args.build_seconds.split(",") if v)
@@ -664,6 +670,10 @@ def bench_data(args, out):
   out.update(h100_consumption(flops, args.tasks))
   out["pipeline_target_tasks_per_s"] = PIPELINE_TARGET * out["h100_tasks_per_s_estimate"]
   out["pipeline_vs_target"] = out["pipeline_tasks_per_s"] / out["pipeline_target_tasks_per_s"]
+  out["gpu_step_s_measured"] = GPU_STEP_S
+  out["gpu_tasks_per_s_measured"] = 3 / GPU_STEP_S
+  out["pipeline_vs_measured_gpu_target"] = (
+      out["pipeline_tasks_per_s"] / (PIPELINE_TARGET * out["gpu_tasks_per_s_measured"]))
   if "outer_step_median_s" in out:
     out["pipeline_margin_over_training"] = (
         out["pipeline_tasks_per_s"] * out["outer_step_median_s"] / args.tasks)
