@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.eval_split = "test"
   config.data.worker_count = 0
+  config.data.cache_mb = 2048.0            # decoded videos kept a reading process (MB)
 
   # --- evaluation ----------------------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()

@@ -116,6 +116,7 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "data.speed_min": (float, _POSITIVE),
     "data.speed_max": (float, _POSITIVE),
     "data.augment_light": (float, _NON_NEGATIVE),
+    "data.cache_mb": (float, _NON_NEGATIVE),
     "data.train_split": (str, lambda v: None if v else "must name a split"),
     "data.eval_split": (str, lambda v: None if v else "must name a split"),
     "data.worker_count": (int, _NON_NEGATIVE),
@@ -345,7 +346,8 @@ def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> path
 
 # Fields added after config.json files were first written, with the value that means what a
 # config without them meant: `read` fills them in so older workdirs and exports still load.
-ADDED_FIELDS = {"data.speed_min": 1.0, "data.speed_max": 1.0, "data.augment_light": 0.0}
+ADDED_FIELDS = {"data.speed_min": 1.0, "data.speed_max": 1.0, "data.augment_light": 0.0,
+                "data.cache_mb": 2048.0}
 
 
 def read(workdir: str | os.PathLike) -> ml_collections.ConfigDict:

@@ -212,6 +212,11 @@ def _loss_gradients(s, phi, z, prototype, t, valid, lstm0):
       z, zeros_p)
   if s.head != "reference":
     g_p = _prob_target_grad(s, prob, t, valid)
+  return _psi_pairs(s, z, g_z, prob, g_p)
+
+
+def _psi_pairs(s: hparams.Settings, z, g_z, prob, g_p):
+  """psi's (input, target gradient) pairs at the adaptation position, in psi_calls' order."""
   return {"extractor": [(z, g_z)], "estimator": [(prob, g_p)],
           "both": [(prob, g_p), (z, g_z)]}[s.position]
 
@@ -269,8 +274,7 @@ def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, l
   if train_psi:
     if s.head != "reference":
       g_p = _prob_target_grad(s, prob, t, valid)
-    pairs = {"extractor": [(z, g_z)], "estimator": [(prob, g_p)],
-             "both": [(prob, g_p), (z, g_z)]}[s.position]
+    pairs = _psi_pairs(s, z, g_z, prob, g_p)
     psi, psi_stats, opt_state, gradloss = _train_psi(s, params, stats, opt_state, pairs, lr,
                                                      per_task=offsets is not None)
   params = {"theta": theta, "phi": phi, "psi": psi}

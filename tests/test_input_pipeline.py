@@ -145,7 +145,7 @@ def config(**data):
   cfg = ml_collections.ConfigDict({"seed": 7, "data": {
       "tasks_per_batch": 2, "stride": W, "normalization": "sound",
       "worker_count": 0, "speed_min": 1.0, "speed_max": 1.0, "augment_light": 0.0,
-      "fps": 30.0}})
+      "fps": 30.0, "cache_mb": 64.0}})
   cfg.data.update(data)
   return cfg
 

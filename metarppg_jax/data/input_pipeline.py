@@ -335,7 +335,7 @@ def host_iterator(config, source, *, process_index: Optional[int] = None,
                      stride=data.stride, speed=(data.speed_min, data.speed_max),
                      light=data.augment_light, fps=data.fps,
                      seed=config.seed, num_epochs=num_epochs, process_index=pi,
-                     process_count=pc, cache_mb=data.get("cache_mb", CACHE_MB))
+                     process_count=pc, cache_mb=data.cache_mb)
   threads = read_threads or min(8, os.cpu_count() or 1)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                  prefetch_buffer_size=2 * threads))
