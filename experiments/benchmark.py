@@ -157,8 +157,11 @@ def bench_outer_step(args, out):
   run, out["compile_s"], flops = compile_step(meta.make_meta_train_step(config), state, batch)
   runs = {"ours": run}
   if args.original:
-    runs["original"] = original_runs(args, config)["step"]
+    original = original_runs(args, config)
+    runs["original"] = original["step"]
   times = _interleaved(runs, args.repeats)
+  if args.original:
+    original["close"]()
   _record(out, "outer_step", times["ours"])
   out["outer_step_flops"] = flops
   out["gflops_per_s"] = flops / out["outer_step_median_s"] / 1e9
@@ -190,8 +193,11 @@ def bench_eval(args, out):
     except jax.errors.JaxRuntimeError as e:  # out of memory on a device: the other counts go on
       out[f"eval_{v}v_error"] = str(e).split("\n")[0][:300]
   if args.original:
-    runs["original"] = original_runs(args, config)["test"]
+    original = original_runs(args, config)
+    runs["original"] = original["test"]
   times = _interleaved(runs, args.repeats)
+  if args.original:
+    original["close"]()
   if args.original:
     _record(out, "original_eval", times.pop("original"))
     out["original_eval_frames_per_s"] = n * 60 / out["original_eval_median_s"]
@@ -207,6 +213,17 @@ def bench_eval(args, out):
 # The original PyTorch release, run side by side (--original).
 # --------------------------------------------------------------------------------------------
 
+def check_original(orig_dir):
+  """SystemExit with what to do unless torch is installed and orig_dir is a checkout."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("torch") is None:
+    raise SystemExit("--original needs torch: pip install -e \".[torch]\"")
+  if not os.path.isfile(os.path.join(orig_dir, "model", "main_model.py")):
+    raise SystemExit(
+        f"--original {orig_dir}: no model/main_model.py there; check out the original release "
+        "(eugenelet/Meta-rPPG), e.g. git clone https://github.com/eugenelet/Meta-rPPG DIR")
+
+
 def import_original(orig_dir):
   """The original's `meta_rPPG` class, imported from its checkout at `orig_dir`.
 
@@ -217,16 +234,10 @@ def import_original(orig_dir):
   """
   import importlib  # pylint: disable=g-import-not-at-top
   import importlib.machinery  # pylint: disable=g-import-not-at-top
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
   import scipy.signal  # pylint: disable=g-import-not-at-top
   import scipy.signal.windows  # pylint: disable=g-import-not-at-top
-  if importlib.util.find_spec("torch") is None:
-    raise SystemExit("--original needs torch: pip install -e \".[torch]\"")
-  if not os.path.isfile(os.path.join(orig_dir, "model", "main_model.py")):
-    raise SystemExit(
-        f"--original {orig_dir}: no model/main_model.py there; check out the original release "
-        "(eugenelet/Meta-rPPG), e.g. git clone https://github.com/eugenelet/Meta-rPPG DIR")
+  check_original(orig_dir)
   for name in ("matplotlib", "matplotlib.pyplot", "sklearn", "sklearn.preprocessing"):
     try:
       importlib.import_module(name)
@@ -265,6 +276,48 @@ def _contiguous_clone(fn):
 
 
 def original_runs(args, config):
+  """The original model at our settings in a process of its own (`_original_worker`: torch
+  in the same process as a busy XLA:CPU ran 7-12x slower than alone, here). -> {"step",
+  "test"}: each runs one of `_original_model`'s on it and returns once done; "close" ends it."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  cmd = [sys.executable, os.path.abspath(__file__), "--original_worker", "--original",
+         args.original, "--config", args.config, "--tasks", str(args.tasks), "--size",
+         str(args.size), "--fewshots", str(args.fewshots)]
+  child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  info = json.loads(child.stdout.readline() or "null")
+  if info is None:
+    raise SystemExit(f"the original's worker failed (exit {child.wait()}): see its errors above")
+  args.original_info = info
+
+  def ask(what):
+    child.stdin.write(what + "\n")
+    child.stdin.flush()
+    if child.stdout.readline().strip() != "done":
+      raise SystemExit(f"the original's worker failed on {what!r} (exit {child.wait()})")
+  def close():
+    child.stdin.close()
+    child.wait()
+  return {"step": lambda: ask("step"), "test": lambda: ask("test"), "close": close}
+
+
+def _original_worker(args):
+  """The child of `original_runs`: one JSON line of torch's version and threads, then runs
+  "step" or "test" for each such line on stdin, answering "done" (its prints go to stderr)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  protocol = sys.stdout
+  with contextlib.redirect_stdout(sys.stderr):
+    runs = _original_model(args, _config(args))
+    protocol.write(json.dumps({"original_torch_version": torch.__version__,
+                               "original_torch_threads": torch.get_num_threads()}) + "\n")
+    protocol.flush()
+    for line in sys.stdin:
+      runs[line.strip()]()
+      protocol.write("done\n")
+      protocol.flush()
+
+
+def _original_model(args, config):
   """The original model at our settings (tasks, frame size, fewshots, adaptation position),
   float32, torch's default threads. -> {"step": one outer iteration as its train.py runs it
   (adaptation window, two learning windows, its `testing` (the fewshot test), the prototype
@@ -313,10 +366,7 @@ def original_runs(args, config):
     model.fewshot_test(1)
     model.train()
 
-  out = {"step": _contiguous_clone(step), "test": _contiguous_clone(fewshot_test)}
-  args.original_info = {"original_torch_version": torch.__version__,
-                        "original_torch_threads": torch.get_num_threads()}
-  return out
+  return {"step": _contiguous_clone(step), "test": _contiguous_clone(fewshot_test)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -679,6 +729,49 @@ def bench_data(args, out):
         out["pipeline_tasks_per_s"] * out["outer_step_median_s"] / args.tasks)
 
 
+def speed_table(f: dict) -> str:
+  """The README's speed table (markdown) from the figures of one run (`--table JSON`)."""
+  def s(key):
+    return f"{f[key]:.2f} s" if key in f else "-"
+
+  def spread(key):
+    return f" (IQR {f[key]:.2f})" if key in f else ""
+
+  rows = [("| | metarppg_jax | original release | ratio |"), "|---|---|---|---|"]
+  ratio = f.get("outer_step_vs_original")
+  if "outer_step_median_s" in f:
+    rows.append(f"| outer step, median of {f['repeats']} | {s('outer_step_median_s')}"
+                f"{spread('outer_step_spread_s')}, compile {f['compile_s']:.0f} s | "
+                f"{s('original_outer_step_median_s')}{spread('original_outer_step_spread_s')} | "
+                + (f"{ratio:.2f}x the time |" if ratio else "- |"))
+  orig_fps = f.get("original_eval_frames_per_s")
+  for v in f.get("eval_videos", []):
+    if f"eval_{v}v_error" in f:
+      rows.append(f"| {v} videos' transductive tests in one call | {f[f'eval_{v}v_error']} "
+                  "| - | - |")
+      continue
+    name = "eval_vs_original" if v == 1 else f"eval_{v}v_vs_original"
+    what = ("one video's transductive test" if v == 1
+            else f"{v} videos' transductive tests in one call")
+    original = (f"{s('original_eval_median_s')}, {orig_fps:.0f} query frames/s"
+                if orig_fps and v == 1 else "-")
+    rows.append(f"| {what} ({f['fewshots']} support + {f['tasks']} query windows each) | "
+                f"{s(f'eval_{v}v_median_s')}, {f[f'eval_{v}v_frames_per_s']:.0f} query frames/s"
+                f" | {original}{spread('original_eval_spread_s') if v == 1 else ''} | "
+                + (f"{f[name]:.2f}x the frames/s |" if name in f else "- |"))
+  if "outer_step_flops" in f:
+    rows.append(f"| outer step: XLA's FLOPs, achieved | {f['outer_step_flops'] / 1e9:.0f} GFLOP, "
+                f"{f['gflops_per_s']:.1f} GFLOP/s | - | - |")
+  if "matmul_peak_gflops_per_s" in f:
+    rows.append(f"| float32 matmul peak (4096^2) | {f['matmul_peak_gflops_per_s']:.0f} GFLOP/s "
+                "| - | - |")
+  rows.append(f"| peak memory of the process | {f['peak_memory_mb'] / 1024:.1f} GB | - | - |")
+  if "load_average_at_start" in f:
+    rows.append(f"| the machine's load average (1 min), start / end | "
+                f"{f['load_average_at_start']:.1f} / {f['load_average_at_end']:.1f} | | |")
+  return "\n".join(rows)
+
+
 SECTIONS = {"matmul": bench_matmul, "outer_step": bench_outer_step, "eval": bench_eval,
             "scaling": bench_scaling, "data": bench_data}
 
@@ -714,21 +807,31 @@ def main(argv=None):
   ap.add_argument("--build_baseline_seconds", default="30,60",
                   help="section data: the lengths the baseline builds (a build that decodes "
                   "the whole video needs 83 MB a second of it: 5 GB a minute)")
+  ap.add_argument("--table", help="print the README's speed table from this JSON and exit")
   ap.add_argument("--scaling_worker", help=argparse.SUPPRESS)  # internal: JSON row path
+  ap.add_argument("--original_worker", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.table:
+    with open(args.table) as f:
+      print(speed_table(json.load(f)))
+    return 0
+  if args.original_worker:
+    _original_worker(args)
+    return 0
   if args.scaling_worker:
     row = _scaling_worker(args)
     with open(args.scaling_worker, "w") as f:
       json.dump(row, f)
     return 0
   if args.original:
-    import_original(args.original)  # fails now, not after our compilation
+    check_original(args.original)  # fails now, not after our compilation
   if args.precision == "highest":
     jax.config.update("jax_default_matmul_precision", "highest")
   out = {"jax_version": jax.__version__, "devices": [str(d) for d in jax.devices()],
          "tasks": args.tasks, "size": args.size, "fewshots": args.fewshots,
          "config": os.path.relpath(args.config, REPO), "precision": args.precision,
-         "repeats": args.repeats, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+         "repeats": args.repeats, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+         "load_average_at_start": os.getloadavg()[0]}
   for name in args.sections.split(","):
     if name not in SECTIONS:
       ap.error(f"unknown section {name!r}; known: {sorted(SECTIONS)}")
@@ -736,6 +839,7 @@ def main(argv=None):
     print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in out.items()), flush=True)
   out.update(getattr(args, "original_info", {}))
+  out["load_average_at_end"] = os.getloadavg()[0]  # the machine's other work (1 min)
   out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(out, indent=1))
   if args.json:

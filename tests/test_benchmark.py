@@ -82,3 +82,10 @@ def test_benchmark_names_a_missing_original_checkout(tmp_path, load_experiment):
   with pytest.raises(SystemExit, match="no model/main_model.py"):
     load_experiment("benchmark").main(["--sections", "outer_step", "--original",
                                        str(tmp_path), *TINY])
+
+
+def test_readme_speed_table_is_the_committed_benchmark_json(load_experiment):
+  """The README's CPU speed table is `benchmark.py --table` of the committed figures."""
+  figures = json.loads((REPO / "experiments" / "results" / "benchmark_cpu.json").read_text())
+  table = load_experiment("benchmark").speed_table(figures)
+  assert table in (REPO / "README.md").read_text()
