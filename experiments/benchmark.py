@@ -276,8 +276,10 @@ def _contiguous_clone(fn):
 
 
 def original_runs(args, config):
-  """The original model at our settings in a process of its own (`_original_worker`: torch
-  in the same process as a busy XLA:CPU ran 7-12x slower than alone, here). -> {"step",
+  """The original model at our settings in a process of its own (`_original_worker`: its
+  environment patches, stubs and sys.path stay out of ours, and our runtime's threads out of
+  its way). Under other load its OpenMP threads collapse (a step 38 s against 3.1-4.0 s
+  quiet, in a process of its own too): compare runs on a quiet machine. -> {"step",
   "test"}: each runs one of `_original_model`'s on it and returns once done; "close" ends it."""
   import subprocess  # pylint: disable=g-import-not-at-top
   cmd = [sys.executable, os.path.abspath(__file__), "--original_worker", "--original",
