@@ -11,9 +11,11 @@ outer step / its median time); per count V of `--eval_videos`, eval_<V>v_median_
 eval_<V>v_spread_s, eval_<V>v_compile_s and eval_<V>v_frames_per_s (V videos' transductive
 tests in one `inference.evaluate_videos` call, frames counted over the query frames; an
 out-of-memory count records eval_<V>v_error instead); matmul_peak_gflops_per_s (a jitted
-float32 4096 matmul); peak_memory_mb (the process's maximum resident set). Section `scaling`
-(not run by default: `--sections scaling`) adds the scaling-out table: `scaling` (one row per
-fake CPU device count of `--scaling_devices`, each run in its own process) and
+float32 4096 matmul); peak_memory_mb (the process's maximum resident set);
+device_peak_memory_mb (an accelerator's peak bytes in use, where it reports them); the load
+average at the start and end. Section `scaling` (not run by default: `--sections scaling`)
+adds the scaling-out table: `scaling` (one row per fake CPU device count of
+`--scaling_devices`, each run in its own process) and
 scaling_<d>dev_outer_step_median_s, scaling_<d>dev_tasks_per_s,
 scaling_<d>dev_ring_bytes_per_device_per_step, scaling_allreduce_bytes_per_step. Defaults: the
 reference config, 3 tasks x 60 frames x 64x64, fewshots 1, as the original's defaults.
@@ -842,6 +844,9 @@ def main(argv=None):
                                    for k, v in out.items()), flush=True)
   out.update(getattr(args, "original_info", {}))
   out["load_average_at_end"] = os.getloadavg()[0]  # the machine's other work (1 min)
+  device_stats = jax.devices()[0].memory_stats()  # None on CPU
+  if device_stats and "peak_bytes_in_use" in device_stats:
+    out["device_peak_memory_mb"] = device_stats["peak_bytes_in_use"] / 2**20
   out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps(out, indent=1))
   if args.json:
