@@ -840,6 +840,9 @@ def main(argv=None):
     if name not in SECTIONS:
       ap.error(f"unknown section {name!r}; known: {sorted(SECTIONS)}")
     SECTIONS[name](args, out)
+    if args.json:  # after each section: a run cut off by a time limit keeps what it measured
+      with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
     print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in out.items()), flush=True)
   out.update(getattr(args, "original_info", {}))
