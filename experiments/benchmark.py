@@ -550,25 +550,47 @@ print("DIGEST", digest.hexdigest())
 """
 
 
+# Prepended to a child's code: at exit it prints its own peak RSS. Linux's rusage ru_maxrss
+# of a child starts from its parent's RSS at the fork (the mm the exec replaced), so a large
+# parent (a test worker) would hide the child's own peak; VmHWM is the exec'd image's alone.
+_PEAK_HOOK = """
+import atexit as _atexit
+def _print_peak():
+  for _line in open("/proc/self/status"):
+    if _line.startswith("VmHWM:"):
+      print("CHILD_PEAK_KB", int(_line.split()[1]), flush=True)
+_atexit.register(_print_peak)
+"""
+
+
 def _child_peak(code: str, args: list, pythonpath: Optional[str],
                 cwd: Optional[str] = None) -> tuple[float, float, str]:
-  """Runs `python -c code *args` in `cwd` -> (its max RSS in MB, wall s, stdout).
+  """Runs `python -c code *args` in `cwd` -> (its own peak RSS in MB, wall s, stdout).
 
+  The peak is the child's VmHWM (`_PEAK_HOOK`), else (no /proc) its rusage ru_maxrss.
   `python -c` puts its working directory first on sys.path: run it outside a checkout, or
   that checkout's package wins over `pythonpath`."""
   import subprocess  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   if pythonpath:  # another checkout (e.g. an older commit): its package first
     env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+  hook = _PEAK_HOOK if os.path.exists("/proc/self/status") else ""
   t0 = time.perf_counter()
-  proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, cwd=cwd,
+  proc = subprocess.Popen([sys.executable, "-c", hook + code, *args], env=env, cwd=cwd,
                           stdout=subprocess.PIPE, text=True)
   stdout = proc.stdout.read()
   _, status, usage = os.wait4(proc.pid, 0)   # this child's own rusage
   proc.returncode = os.waitstatus_to_exitcode(status)
   if proc.returncode:
     raise RuntimeError(f"child failed ({proc.returncode}): {code.strip()[:80]}...")
-  return usage.ru_maxrss / 1024, time.perf_counter() - t0, stdout
+  peak_mb = usage.ru_maxrss / 1024
+  lines = []
+  for line in stdout.splitlines():
+    if line.startswith("CHILD_PEAK_KB "):
+      peak_mb = int(line.split()[1]) / 1024
+    else:
+      lines.append(line)
+  return peak_mb, time.perf_counter() - t0, "\n".join(lines) + ("\n" if lines else "")
 
 
 def benchmark_build_memory(seconds: tuple = (30.0, 60.0), *, fps: float = 61.0,
