@@ -149,6 +149,18 @@ def bench_matmul(args, out):
   out["matmul_peak_gflops_per_s"] = 2 * 4096 ** 3 / t / 1e9
 
 
+def _interleaved_with_original(args, config, runs: dict, which: str) -> dict:
+  """`_interleaved(runs)`, with the original release's `which` ("step" or "test") timed as
+  runs["original"] between them when --original names a checkout."""
+  if not args.original:
+    return _interleaved(runs, args.repeats)
+  original = original_runs(args, config)
+  try:
+    return _interleaved(dict(runs, original=original[which]), args.repeats)
+  finally:
+    original["close"]()
+
+
 def bench_outer_step(args, out):
   """Our outer step (and the original's, with --original) at the same settings."""
   config = _config(args)
@@ -157,13 +169,7 @@ def bench_outer_step(args, out):
   batch = step_batch(config, n, s, args.fewshots)
   state = meta.update_prototype(config, state, batch["x"][:, 0])
   run, out["compile_s"], flops = compile_step(meta.make_meta_train_step(config), state, batch)
-  runs = {"ours": run}
-  if args.original:
-    original = original_runs(args, config)
-    runs["original"] = original["step"]
-  times = _interleaved(runs, args.repeats)
-  if args.original:
-    original["close"]()
+  times = _interleaved_with_original(args, config, {"ours": run}, "step")
   _record(out, "outer_step", times["ours"])
   out["outer_step_flops"] = flops
   out["gflops_per_s"] = flops / out["outer_step_median_s"] / 1e9
@@ -194,12 +200,7 @@ def bench_eval(args, out):
       runs[v] = run
     except jax.errors.JaxRuntimeError as e:  # out of memory on a device: the other counts go on
       out[f"eval_{v}v_error"] = str(e).split("\n")[0][:300]
-  if args.original:
-    original = original_runs(args, config)
-    runs["original"] = original["test"]
-  times = _interleaved(runs, args.repeats)
-  if args.original:
-    original["close"]()
+  times = _interleaved_with_original(args, config, runs, "test")
   if args.original:
     _record(out, "original_eval", times.pop("original"))
     out["original_eval_frames_per_s"] = n * 60 / out["original_eval_median_s"]
