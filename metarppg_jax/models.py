@@ -176,26 +176,33 @@ def batch_norm(params: PyTree, stats: PyTree, x: jax.Array, axes: tuple[int, ...
   statistics stay those of the full map x.
   """
   target = _avg_pool2(x) if pool else x
-  if train:
-    # The pooled map's mean is x's when the pool covers x (H, W even: means of equal groups).
-    covered = not pool or (x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0)
-    mean = _staged_mean(target if covered else x, axes)
-    var = _staged_mean(jnp.square(x - mean), axes)
-    y = (target - mean) * jax.lax.rsqrt(var + BN_EPS)
-    n = np.prod([x.shape[a] for a in axes])
-    if offset is not None:
-      mean = mean + offset
-    new_stats = {
-        "mean": (1 - BN_MOMENTUM) * stats["mean"] + BN_MOMENTUM * jax.lax.stop_gradient(mean),
-        "var": (1 - BN_MOMENTUM) * stats["var"]
-               + BN_MOMENTUM * jax.lax.stop_gradient(var) * (n / max(n - 1, 1)),
-        "count": stats["count"] + 1,
-    }
-  else:
-    new_stats = stats
+  if not train:
+    return _normalise(params, stats, target, None, None, offset)
+  # The pooled map's mean is x's when the pool covers x (H, W even: means of equal groups).
+  covered = not pool or (x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0)
+  mean = _staged_mean(target if covered else x, axes)
+  var = _staged_mean(jnp.square(x - mean), axes)
+  return _normalise(params, stats, target, mean, var, offset,
+                    count=np.prod([x.shape[a] for a in axes]))
+
+
+def _normalise(params, stats, target, mean, var, offset, count=None):
+  """Batch norm's affine step on `target` with the batch's (mean, biased var) of `count`
+  values a channel (train) or, with mean None, the running statistics (eval) -> (y, stats)."""
+  if mean is None:
     if offset is not None:
       target = target + offset
     y = (target - stats["mean"]) * jax.lax.rsqrt(stats["var"] + BN_EPS)
+    return y * params["scale"] + params["bias"], stats
+  y = (target - mean) * jax.lax.rsqrt(var + BN_EPS)
+  if offset is not None:
+    mean = mean + offset
+  new_stats = {
+      "mean": (1 - BN_MOMENTUM) * stats["mean"] + BN_MOMENTUM * jax.lax.stop_gradient(mean),
+      "var": (1 - BN_MOMENTUM) * stats["var"]
+             + BN_MOMENTUM * jax.lax.stop_gradient(var) * (count / max(count - 1, 1)),
+      "count": stats["count"] + 1,
+  }
   return y * params["scale"] + params["bias"], new_stats
 
 
@@ -266,6 +273,83 @@ def _conv3x3_bwd(res, g):
 _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
+# The first block on CPU: its 3 input channels make XLA:CPU's convolution slow (about a tenth
+# of its speed on the later layers) and its full-size output the largest map of the network.
+# The pool is folded into the convolution and the batch statistics come from the input.
+
+def _space_to_depth(x: jax.Array) -> jax.Array:
+  """f32[B, H, W, C] (H, W even) -> f32[B, H/2, W/2, 4C], channels (row, column, c) of
+  each 2x2 block."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
+def _pool_taps() -> np.ndarray:
+  """A f32[3, 2, 3]: A[b, r, d] is the weight of kernel tap d (rows or columns alike) at
+  position r of neighbouring block b - 1 in the 2x2 average of a 3x3 convolution's outputs:
+  output 2i + o reads input 2i + o + d - 1, and each of the two outputs o counts 1/2."""
+  a = np.zeros((3, 2, 3), np.float32)
+  for o in range(2):
+    for d in range(3):
+      block, r = divmod(o + d - 1, 2)
+      a[block + 1, r, d] += 0.5
+  return a
+
+
+def _pooled_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """2x2 average pool of the 3x3 convolution (zero padding 1, no bias), in one 3x3
+  convolution of the space-to-depth input: f32[B, H, W, C] (H, W even) -> f32[B, H/2, W/2, O]."""
+  a = jnp.asarray(_pool_taps(), kernel.dtype)
+  c, o = kernel.shape[2:]
+  block = jnp.einsum("irk,jsl,klco->ijrsco", a, a, kernel).reshape(3, 3, 4 * c, o)
+  return _conv3x3(_space_to_depth(x), block)
+
+
+def _patch_covariance(x: jax.Array) -> jax.Array:
+  """Covariance f32[9C, 9C] of the 3x3 zero-padded patches of every pixel of x f32[B, H, W, C]
+  (rows: tap (row, column), then channel: the HWIO kernel's order), so that the variance of
+  a 3x3 convolution's output channel o is w_o' cov w_o. The input is centred per channel
+  first (padding included) to keep the float32 sums small; covariance does not move."""
+  b, h, w, c = x.shape
+  mean = _staged_mean(x, (0, 1, 2))
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))) - mean
+  chunk = _chunk_frames(b, 9 * h * w * c * x.dtype.itemsize)
+
+  def moments(xc):
+    p = jnp.concatenate([xc[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+    return jnp.einsum("bhwp,bhwq->pq", p, p), p.sum((0, 1, 2))
+
+  gram, total = jax.lax.map(moments, xp.reshape((b // chunk, chunk) + xp.shape[1:]))
+  n = b * h * w
+  centre = total.sum(0) / n
+  return gram.sum(0) / n - jnp.outer(centre, centre)
+
+
+def _first_block(conv: PyTree, bn: PyTree, stats: PyTree, x: jax.Array, *, train: bool):
+  """conv -> batch norm -> 2x2 average pool of `extract`'s block, for few input channels and
+  H, W even, without the full-size map: the pooled output from `_pooled_conv`, the batch mean
+  from it (the pool covers the map), the variance as w' cov w (`_patch_covariance`).
+  f32[B, H, W, C] -> (f32[B, H/2, W/2, O] before the ReLU, new stats)."""
+  kernel = conv["kernel"].astype(x.dtype)
+  pooled = _pooled_conv(x, kernel)
+  offset = conv["bias"].astype(x.dtype)
+  if not train:
+    return _normalise(bn, stats, pooled, None, None, offset)
+  weights = kernel.reshape(-1, kernel.shape[-1])
+  cov = _patch_covariance(x)
+  var = jnp.einsum("po,pq,qo->o", weights, cov, weights)
+  mean = _staged_mean(pooled, (0, 1, 2))
+  return _normalise(bn, stats, pooled, mean, var, offset, count=np.prod(x.shape[:3]))
+
+
+def _fold_first_block(x: jax.Array) -> bool:
+  """Whether `extract`'s first block takes `_first_block`: on CPU (where the
+  small-channel convolution is the bottleneck), few channels, even sizes."""
+  return (jax.default_backend() == "cpu" and x.shape[-1] <= 4 and x.shape[1] % 2 == 0
+          and x.shape[2] % 2 == 0)
+
+
 def extract(theta: PyTree, stats: PyTree, x: jax.Array, *, train: bool = True
             ) -> tuple[jax.Array, PyTree]:
   """Features of every frame: f32[N, T, H, W, 3] -> z f32[N, T, 120]; H, W >= 32.
@@ -279,10 +363,13 @@ def extract(theta: PyTree, stats: PyTree, x: jax.Array, *, train: bool = True
   new_stats = {}
   for k in range(1, len(EXTRACTOR_CHANNELS)):
     conv = theta[f"conv{k}"]
-    h = conv3x3(h, conv["kernel"].astype(h.dtype))  # the bias goes to the batch norm
-    h, new_stats[f"bn{k}"] = batch_norm(theta[f"bn{k}"], stats[f"bn{k}"], h, (0, 1, 2),
-                                        train=train, offset=conv["bias"].astype(h.dtype),
-                                        pool=True)  # pooled before normalised: 4x less work
+    if k == 1 and _fold_first_block(h):
+      h, new_stats["bn1"] = _first_block(conv, theta["bn1"], stats["bn1"], h, train=train)
+    else:
+      h = conv3x3(h, conv["kernel"].astype(h.dtype))  # the bias goes to the batch norm
+      h, new_stats[f"bn{k}"] = batch_norm(theta[f"bn{k}"], stats[f"bn{k}"], h, (0, 1, 2),
+                                          train=train, offset=conv["bias"].astype(h.dtype),
+                                          pool=True)  # pooled before normalised: 4x less work
     h = jax.nn.relu(h)
   z = h.mean(axis=(1, 2))
   return z.reshape(n, t, -1), new_stats

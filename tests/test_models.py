@@ -117,3 +117,37 @@ def test_psi_transposed_convs_match_torch(net):
   ours = models._conv1d(params["psi"]["layer3"], jnp.swapaxes(jnp.asarray(x), 1, 2))
   np.testing.assert_allclose(np.swapaxes(np.asarray(ours), 1, 2),
                              convt(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+def _plain_first_block(conv, bn, stats, x, train):
+  """conv -> batch norm of the full map -> pool: the first block as the other blocks run."""
+  y = models._conv3x3_xla(x, conv["kernel"])
+  return models.batch_norm(bn, stats, y, (0, 1, 2), train=train, offset=conv["bias"], pool=True)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_first_block_without_the_full_map_is_the_plain_block(net, train):
+  """The pool folded into the convolution and the variance from the input's patch covariance
+  give the plain block's outputs, statistics and gradients (an input far from zero mean:
+  the covariance is centred)."""
+  params, stats = net
+  theta, st = params["theta"], stats["theta"]
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(4), (6, 32, 40, 3))
+  bn = {"scale": 1.0 + 0.1 * jnp.arange(32.0), "bias": 0.01 * jnp.arange(32.0)}
+  got, got_stats = models._first_block(theta["conv1"], bn, st["bn1"], x, train=train)
+  want, want_stats = _plain_first_block(theta["conv1"], bn, st["bn1"], x, train)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               got_stats, want_stats)
+
+  def loss(conv, x, folded):
+    block = (lambda *a: models._first_block(*a[:4], train=a[4])) if folded else (
+        _plain_first_block)
+    y, _ = block(conv, bn, st["bn1"], x, train)
+    return jnp.sum(jnp.sin(y))
+
+  g_got = jax.grad(loss, argnums=(0, 1))(theta["conv1"], x, True)
+  g_want = jax.grad(loss, argnums=(0, 1))(theta["conv1"], x, False)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3,
+                                                       atol=1e-3 * np.abs(b).max()),
+               g_got, g_want)
