@@ -41,11 +41,15 @@ def get_config() -> ml_collections.ConfigDict:
   # before adaptation (where the inner step applies it, in training and at test time);
   # "learning" (the original) the gradient at the learning windows after adaptation.
   config.meta.psi_target = "support"
+  # The inner step's rates: "fixed" optim.adapt_lr (the original); "learned" one rate per
+  # adapted parameter, meta-learned from the loss after the inner step (Meta-SGD, meta.py).
+  config.meta.inner_rates = "fixed"
 
   # --- optimisation ------------------------------------------------------------------------
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-3
-  config.optim.adapt_lr = 1e-5
+  config.optim.adapt_lr = 1e-5              # the inner rate (learned rates start here)
+  config.optim.rates_lr = 1e-5             # Adam's step size for learned inner rates
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
   config.optim.cosine_t_max = 5

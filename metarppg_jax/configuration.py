@@ -94,9 +94,11 @@ SCHEMA: dict[str, tuple[type, Callable[[Any], str | None]]] = {
     "meta.lstm_state_rule": (str, _one_of("mean", "given")),
     "meta.proto_momentum": (float, _range(0, 1, hi_open=True)),
     "meta.psi_target": (str, _one_of("learning", "support")),
+    "meta.inner_rates": (str, _one_of("fixed", "learned")),
     # optimisation
     "optim.lr": (float, _POSITIVE),
     "optim.adapt_lr": (float, _NON_NEGATIVE),
+    "optim.rates_lr": (float, _NON_NEGATIVE),
     "optim.momentum": (float, _range(0, 1, hi_open=True)),
     "optim.weight_decay": (float, _NON_NEGATIVE),
     "optim.cosine_t_max": (int, _AT_LEAST_1),
@@ -197,6 +199,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                          "as stored")):
         if meta[name]:
           problems.append(f"meta.{name}=True needs meta.lstm_state_rule='given' ({why})")
+    if meta.inner_rates == "learned":
+      # The rates are learned from the loss after the joint inner step, and applied to
+      # theta at test time: they need that step and a theta that it adapts.
+      for ok, need in ((meta.meta_learning and meta.synthetic_gradient,
+                        "meta.meta_learning and meta.synthetic_gradient on"),
+                       (meta.inner_mode == "joint", "meta.inner_mode='joint'"),
+                       (meta.adapt_position != "estimator",
+                        "meta.adapt_position 'extractor' or 'both'")):
+        if not ok:
+          problems.append(f"meta.inner_rates='learned' needs {need}")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
   return config
@@ -347,7 +359,7 @@ def write(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> path
 # Fields added after config.json files were first written, with the value that means what a
 # config without them meant: `read` fills them in so older workdirs and exports still load.
 ADDED_FIELDS = {"data.speed_min": 1.0, "data.speed_max": 1.0, "data.augment_light": 0.0,
-                "data.cache_mb": 2048.0}
+                "data.cache_mb": 2048.0, "meta.inner_rates": "fixed", "optim.rates_lr": 1e-5}
 
 
 def read(workdir: str | os.PathLike) -> ml_collections.ConfigDict:

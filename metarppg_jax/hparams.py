@@ -29,9 +29,11 @@ class Settings:
   lstm_state_rule: str
   proto_momentum: float
   psi_target: str
+  inner_rates: str
   head: str
   lr: float
   adapt_lr: float
+  rates_lr: float
   momentum: float
   weight_decay: float
   cosine_t_max: int
@@ -64,7 +66,8 @@ def from_config(config) -> Settings:
       psi_in_prototype_update=bool(meta.psi_in_prototype_update),
       mask_invalid_windows=bool(meta.mask_invalid_windows),
       lstm_state_rule=meta.lstm_state_rule, proto_momentum=float(meta.proto_momentum),
-      psi_target=meta.psi_target,
+      psi_target=meta.psi_target, inner_rates=meta.inner_rates,
       head=config.model.ordinal_head, lr=float(opt.lr), adapt_lr=float(opt.adapt_lr),
+      rates_lr=float(opt.rates_lr),
       momentum=float(opt.momentum), weight_decay=float(opt.weight_decay),
       cosine_t_max=int(opt.cosine_t_max), cosine_floor=float(opt.cosine_floor))

@@ -3,7 +3,7 @@
   initial_lstm_state(rule, lstm_state, batch) -> (h, c) f32[4, batch, 60]
   adapt(config, params, batch_stats, prototype, support f32[S, T, H, W, C])
       -> (theta', theta_stats', psi_stats')
-  adapt_theta(s, theta, theta_stats, psi, psi_stats, prototype, support)
+  adapt_theta(s, theta, theta_stats, psi, psi_stats, prototype, support, rates=None)
       -> (theta', theta_stats', psi_stats', prototype losses f32[S])   (the step's own test)
   predict(params, batch_stats, query f32[Q, T, H, W, C], lstm_state, *, head, train=True)
       -> models.EstimatorOutput
@@ -88,12 +88,17 @@ def predict(params: PyTree, batch_stats: PyTree, query: jax.Array, lstm_state, *
   return models.estimate(params["phi"], z, lstm_state, head=head)[0]
 
 
-def adapt_theta(s: hparams.Settings, theta, theta_stats, psi, psi_stats, prototype, support):
+def adapt_theta(s: hparams.Settings, theta, theta_stats, psi, psi_stats, prototype, support,
+                rates=None):
   """The transductive inner loop on support windows f32[S, T, H, W, C], each alone:
   S synthetic-gradient steps, then S prototype steps, one fresh SGD (its momentum carries
-  from the first kind into the second). -> theta', theta_stats', psi_stats', proto losses [S]."""
+  from the first kind into the second). rates (a tree like theta: learned inner rates):
+  the synthetic-gradient steps move theta by rates * the SGD's direction instead of
+  adapt_lr * it. -> theta', theta_stats', psi_stats', proto losses [S]."""
   tx = s.sgd(s.adapt_lr)
   opt_state = tx.init(theta)
+  if rates is not None:
+    opt_state = optim.set_learning_rate(opt_state, 1.0)
 
   def sg_step(carry, x):
     theta, theta_stats, psi_stats, opt_state = carry
@@ -101,7 +106,10 @@ def adapt_theta(s: hparams.Settings, theta, theta_stats, psi, psi_stats, prototy
         lambda th: models.extract(th, theta_stats, x[None], train=True), theta, has_aux=True)
     (g_z,), psi_stats = psi_calls(psi, psi_stats, [z])
     (g,) = vjp(g_z)
-    theta, opt_state = optim.step(tx, g, opt_state, theta)
+    if rates is None:
+      theta, opt_state = optim.step(tx, g, opt_state, theta)
+    else:
+      theta, opt_state, _ = optim.rated_step(tx, g, opt_state, theta, rates)
     return (theta, theta_stats, psi_stats, opt_state), None
 
   def proto_step(carry, x):
@@ -120,12 +128,19 @@ def adapt_theta(s: hparams.Settings, theta, theta_stats, psi, psi_stats, prototy
   # extractor gradient steps 34 s scanned vs 2.9 s unrolled); the step counts are small.
   if s.synthetic_gradient:
     carry, _ = jax.lax.scan(sg_step, carry, support, unroll=True)
+  if rates is not None:
+    carry = carry[:3] + (optim.set_learning_rate(carry[3], s.adapt_lr),)
   if s.prototype:
     carry, proto_losses = jax.lax.scan(proto_step, carry, support, unroll=True)
   else:
     proto_losses = jnp.zeros((support.shape[0],), support.dtype)
   theta, theta_stats, psi_stats, _ = carry
   return theta, theta_stats, psi_stats, proto_losses
+
+
+def theta_rates(params: PyTree) -> PyTree | None:
+  """theta's learned inner rates (params["rates"]["theta"]), None when the rates are fixed."""
+  return params.get("rates", {}).get("theta")
 
 
 def adapt(config, params: PyTree, batch_stats: PyTree, prototype: jax.Array,
@@ -136,7 +151,7 @@ def adapt(config, params: PyTree, batch_stats: PyTree, prototype: jax.Array,
   s = hparams.from_config(config)
   theta, theta_stats, psi_stats, _ = adapt_theta(
       s, params["theta"], batch_stats["theta"], params["psi"], batch_stats["psi"], prototype,
-      support)
+      support, theta_rates(params))
   return theta, theta_stats, psi_stats
 
 
@@ -171,7 +186,8 @@ def _evaluate(s: hparams.Settings, do_adapt: bool, batching: str, groups: int, p
     theta, theta_stats = params["theta"], batch_stats["theta"]
     if do_adapt:
       theta, theta_stats, _, _ = adapt_theta(s, theta, theta_stats, params["psi"],
-                                             batch_stats["psi"], prototype, video[:s.fewshots])
+                                             batch_stats["psi"], prototype, video[:s.fewshots],
+                                             theta_rates(params))
     return predict({"theta": theta, "phi": params["phi"]}, {"theta": theta_stats},
                    video[s.fewshots:], lstm0, head=s.head, train=True)
 

@@ -24,9 +24,13 @@ Metrics of the step (per-term, stable names): "ordloss", "fewloss", "gradloss", 
 gradient), "learn1/ordloss", "learn1/fewloss", "learn1/gradloss", "learn2/..." (each computed
 before its step), "adapt/ordloss", "adapt/fewloss" (only with `supervised_adapt_step`), "adapt/gradloss"
 (psi_target "support": psi's loss on the adaptation window, then also "gradloss"),
-"test/ordloss" (only with `test_in_step`), "lr", "adapt_lr".
+"test/ordloss" (only with `test_in_step`), "lr", "adapt_lr", "rates/mean" and "rates/abs_max"
+(only with learned inner rates).
 
 Config switches (`config.meta`): adapt_position extractor|estimator|both; fewshots;
+inner_rates fixed (optim.adapt_lr) | learned (Meta-SGD: one inner rate per adapted parameter,
+in params["rates"], trained by Adam at optim.rates_lr on the learning phase's loss, and used
+by the test-time synthetic-gradient steps);
 synthetic_gradient; prototype; meta_learning (False: end-to-end baseline, learning steps on all
 three windows, no adaptation, psi not trained); inner_mode joint (the original: the batch of
 tasks adapts the one shared theta/phi, in place) | per_task (each task adapts its own copy from
@@ -110,12 +114,16 @@ def _supervised_step(s, params, stats, opt_theta, prototype, x, t, valid, lstm0)
 
 def _sg_adaptation(s, params, stats, opt_adapt, x, lstm0):
   """`fewshots` synthetic-gradient steps on the adapted nets (shared, in place: the joint
-  mode). -> params, stats, opt_adapt, last lstm state, psi's last output."""
+  mode); with learned inner rates (params["rates"], opt_adapt at learning rate 1) each
+  parameter moves by its rate times the SGD's direction. -> params, stats, opt_adapt, last
+  lstm state, psi's last output, d adapted params / d rates (the directions summed; zeros
+  with fixed rates)."""
   need_estimator = s.position != "extractor" or s.carry_lstm_state
   tx = s.sgd(s.adapt_lr)
+  rates = params.get("rates")
 
   def step(carry, _):
-    params, stats, opt_adapt, lstm, _ = carry
+    params, stats, opt_adapt, lstm, _, direction = carry
     theta, phi, psi = params["theta"], params["phi"], params["psi"]
     z, vjp_theta, theta_stats = jax.vjp(
         lambda th: models.extract(th, stats["theta"], x, train=True), theta, has_aux=True)
@@ -133,15 +141,22 @@ def _sg_adaptation(s, params, stats, opt_adapt, x, lstm0):
       grads["theta"] = vjp_theta(outs[0])[0]
     if "phi" in s.adapted_nets:
       grads["phi"] = vjp_phi(outs[-1])[0]
-    adapted, opt_adapt = optim.step(tx, grads, opt_adapt, {k: params[k] for k in grads})
+    current = {k: params[k] for k in grads}
+    if rates is None:
+      adapted, opt_adapt = optim.step(tx, grads, opt_adapt, current)
+    else:
+      adapted, opt_adapt, unit = optim.rated_step(tx, grads, opt_adapt, current,
+                                                  {k: rates[k] for k in grads})
+      direction = jax.tree.map(jnp.add, direction, unit)
     params = dict(params, **adapted)
     stats = {"theta": theta_stats, "psi": psi_stats}
     lstm = lstm_next if s.carry_lstm_state else lstm
-    return (params, stats, opt_adapt, lstm, outs[-1]), None
+    return (params, stats, opt_adapt, lstm, outs[-1], direction), None
 
   width = models.FEATURES if s.position == "extractor" else models.NUM_LEVELS
   last = jnp.zeros(x.shape[:2] + (width,), x.dtype)
-  carry, _ = jax.lax.scan(step, (params, stats, opt_adapt, lstm0, last), None,
+  direction = jax.tree.map(jnp.zeros_like, {k: params[k] for k in s.adapted_nets})
+  carry, _ = jax.lax.scan(step, (params, stats, opt_adapt, lstm0, last, direction), None,
                           length=s.fewshots, unroll=True)  # see inference.adapt_theta
   return carry
 
@@ -155,8 +170,8 @@ def _per_task_adaptation(s, params, stats, x, lstm0, adapt_lr):
 
   def one(x_i, h_i, c_i):
     opt = _with_lr(tx.init({k: params[k] for k in s.adapted_nets}), adapt_lr)
-    p, st, _, (h, c), last = _sg_adaptation(s, params, stats, opt, x_i[None],
-                                            (h_i[:, None], c_i[:, None]))
+    p, st, _, (h, c), last, _ = _sg_adaptation(s, params, stats, opt, x_i[None],
+                                               (h_i[:, None], c_i[:, None]))
     offsets = {k: jax.tree.map(jnp.subtract, p[k], params[k]) for k in s.adapted_nets}
     return offsets, st, h[:, 0], c[:, 0], last[0]
 
@@ -277,10 +292,11 @@ def _learning_step(s, params, stats, opt_state, prototype, x, t, valid, lstm0, l
     pairs = _psi_pairs(s, z, g_z, prob, g_p)
     psi, psi_stats, opt_state, gradloss = _train_psi(s, params, stats, opt_state, pairs, lr,
                                                      per_task=offsets is not None)
-  params = {"theta": theta, "phi": phi, "psi": psi}
+  params = dict(params, theta=theta, phi=phi, psi=psi)
   stats = {"theta": theta_stats, "psi": psi_stats}
   return params, stats, opt_state, final, {"ordloss": ordloss, "fewloss": fewloss,
-                                           "gradloss": gradloss}
+                                           "gradloss": gradloss}, {"theta": g_theta,
+                                                                   "phi": g_phi}
 
 
 def _with_lr(opt_state, lr):
@@ -356,12 +372,13 @@ def _next_lstm(s: hparams.Settings, final, lstm):
 
 
 def _adaptation_phase(s, state: TrainState, ph: _Phase, x0, t0, v0, lr, adapt_lr, metrics, rec
-                      ) -> tuple[_Phase, PyTree | None]:
+                      ) -> tuple[_Phase, PyTree | None, PyTree | None]:
   """Window 0 (f32[N, T, H, W, C], targets t0, valid v0): the original's supervised theta
   step, psi's support-window step, then the synthetic-gradient steps (joint: in place;
-  per_task: per-task offsets). -> the phase after it, the per-task offsets (or None)."""
+  per_task: per-task offsets). -> the phase after it, the per-task offsets (or None),
+  d adapted params / d learned rates (None with fixed rates)."""
   params, stats, opt_state, lstm = ph
-  offsets = None
+  offsets, direction = None, None
   if s.supervised_adapt_step:
     theta, theta_stats, opt_theta, final, ordloss, fewloss = _supervised_step(
         s, params, stats, _with_lr(opt_state["theta"], lr), state.prototype, x0, t0, v0, lstm)
@@ -374,9 +391,12 @@ def _adaptation_phase(s, state: TrainState, ph: _Phase, x0, t0, v0, lr, adapt_lr
     params, stats, opt_state, metrics["adapt/gradloss"] = _psi_support_step(
         s, params, stats, opt_state, state.prototype, x0, t0, v0, lstm, lr)
   if s.synthetic_gradient and s.inner_mode == "joint":
-    params, stats, opt_adapt, lstm, last = _sg_adaptation(
-        s, params, stats, _with_lr(opt_state["adapt"], adapt_lr), x0, lstm)
+    inner_lr = 1.0 if s.inner_rates == "learned" else adapt_lr  # learned: rates * direction
+    params, stats, opt_adapt, lstm, last, direction = _sg_adaptation(
+        s, params, stats, _with_lr(opt_state["adapt"], inner_lr), x0, lstm)
     opt_state = dict(opt_state, adapt=opt_adapt)
+    if s.inner_rates != "learned":
+      direction = None
     rec["adapt/synthetic_grad"] = last
   elif s.synthetic_gradient:
     offsets, stats, lstm_adapted, last = _per_task_adaptation(s, params, stats, x0, lstm,
@@ -384,26 +404,40 @@ def _adaptation_phase(s, state: TrainState, ph: _Phase, x0, t0, v0, lr, adapt_lr
     lstm = _next_lstm(s, lstm_adapted, lstm)
     rec["adapt/synthetic_grad"] = last
   rec["adapt/params"], rec["adapt/stats"] = params, stats
-  return _Phase(params, stats, opt_state, lstm), offsets
+  return _Phase(params, stats, opt_state, lstm), offsets, direction
+
+
+def _rates_step(s, params, opt_state, direction, grads, metrics):
+  """Meta-SGD's outer step on the learned inner rates. The adapted parameters are
+  p + rates * direction, so d loss / d rates = d loss / d adapted * direction: exact for one
+  inner step (its direction does not depend on the rates), first order for more, with the
+  learning steps' mean gradient as d loss / d adapted. -> params, opt_state."""
+  g = {k: jax.tree.map(jnp.multiply, grads[k], direction[k]) for k in direction}
+  rates, opt_rates = optim.step(optim.rates_optimizer(s.rates_lr), g, opt_state["rates"],
+                                params["rates"])
+  leaves = jnp.concatenate([a.ravel() for a in jax.tree.leaves(rates)])
+  metrics["rates/mean"], metrics["rates/abs_max"] = jnp.mean(leaves), jnp.max(jnp.abs(leaves))
+  return dict(params, rates=rates), dict(opt_state, rates=opt_rates)
 
 
 def _learning_phase(s, state: TrainState, ph: _Phase, x, t, valid, first: int, lr, offsets,
-                    metrics) -> _Phase:
+                    metrics) -> tuple[_Phase, PyTree]:
   """Learning steps on windows first..2 of x f32[N, 3, T, H, W, C] (one scan, unrolled:
-  XLA:CPU convolutions are slow inside loops); their losses go into `metrics`."""
+  XLA:CPU convolutions are slow inside loops); their losses go into `metrics`.
+  -> the phase after them, the mean of their loss gradients {theta, phi}."""
   train_psi = s.meta_learning and s.synthetic_gradient and s.psi_target == "learning"
 
   def learn(carry, window):
     params, stats, opt_state, lstm = carry
     xk, tk, vk = window
-    params, stats, opt_state, final, terms = _learning_step(
+    params, stats, opt_state, final, terms, grads = _learning_step(
         s, params, stats, opt_state, state.prototype, xk, tk, vk, lstm, lr,
         train_psi=train_psi, offsets=offsets)
-    return _Phase(params, stats, opt_state, _next_lstm(s, final, lstm)), terms
+    return _Phase(params, stats, opt_state, _next_lstm(s, final, lstm)), (terms, grads)
 
   windows = (jnp.moveaxis(x[:, first:], 1, 0), jnp.moveaxis(t[:, first:], 1, 0),
              jnp.moveaxis(valid[:, first:], 1, 0))
-  ph, terms = jax.lax.scan(learn, ph, windows, unroll=True)  # see inference.adapt_theta
+  ph, (terms, grads) = jax.lax.scan(learn, ph, windows, unroll=True)  # inference.adapt_theta
   for name, values in terms.items():
     for i in range(values.shape[0]):
       metrics[f"learn{first + i}/{name}"] = values[i]
@@ -411,7 +445,7 @@ def _learning_phase(s, state: TrainState, ph: _Phase, x, t, valid, first: int, l
   if "adapt/gradloss" in metrics:
     metrics["gradloss"] = metrics["adapt/gradloss"]  # psi trained on the support window
   metrics["loss"] = metrics["ordloss"] + metrics["fewloss"]
-  return _Phase(*ph)
+  return _Phase(*ph), jax.tree.map(lambda g: jnp.mean(g, 0), grads)
 
 
 def _test_in_step(s, state: TrainState, params, stats, batch, metrics, rec) -> PyTree:
@@ -420,7 +454,7 @@ def _test_in_step(s, state: TrainState, params, stats, batch, metrics, rec) -> P
   test_x, test_t = batch["test_x"], batch["test_targets"]
   theta, theta_stats, psi_stats, proto_losses = inference.adapt_theta(
       s, params["theta"], stats["theta"], params["psi"], stats["psi"], state.prototype,
-      test_x[:s.fewshots])
+      test_x[:s.fewshots], inference.theta_rates(params))
   queries = test_x[s.fewshots:]
   z, theta_stats = models.extract(theta, theta_stats, queries, train=True)
   out, _ = models.estimate(params["phi"], z, _lstm0(s, state.lstm_state, queries.shape[0]),
@@ -449,12 +483,15 @@ def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch)
   adapt_lr = s.lr_at(s.adapt_lr, state.epoch).astype(x.dtype)
   ph = _Phase(state.params, state.batch_stats, state.opt_state,
               _lstm0(s, state.lstm_state, x.shape[0]))
-  metrics, rec, offsets = {}, {}, None
+  metrics, rec, offsets, direction = {}, {}, None, None
   if s.meta_learning:
-    ph, offsets = _adaptation_phase(s, state, ph, x[:, 0], t[:, 0], valid[:, 0], lr, adapt_lr,
-                                    metrics, rec)
-  ph = _learning_phase(s, state, ph, x, t, valid, 1 if s.meta_learning else 0, lr, offsets,
-                       metrics)
+    ph, offsets, direction = _adaptation_phase(s, state, ph, x[:, 0], t[:, 0], valid[:, 0], lr,
+                                               adapt_lr, metrics, rec)
+  ph, grads = _learning_phase(s, state, ph, x, t, valid, 1 if s.meta_learning else 0, lr,
+                              offsets, metrics)
+  if direction is not None:
+    params, opt_state = _rates_step(s, ph.params, ph.opt_state, direction, grads, metrics)
+    ph = ph._replace(params=params, opt_state=opt_state)
   params, stats = ph.params, ph.stats
   rec["learn2/params"], rec["learn2/stats"] = params, stats
   if s.test_in_step:
@@ -473,8 +510,10 @@ def _meta_train_step(s: hparams.Settings, trace: bool, state: TrainState, batch)
 
 def _lr_recorded(opt_state, lr, adapt_lr):
   """Store the rates the step used in every optimizer state (checkpoints show them)."""
-  out = {k: _with_lr(v, lr) for k, v in opt_state.items() if k != "adapt"}
+  out = {k: _with_lr(v, lr) for k, v in opt_state.items() if k not in ("adapt", "rates")}
   out["adapt"] = _with_lr(opt_state["adapt"], adapt_lr)
+  if "rates" in opt_state:
+    out["rates"] = opt_state["rates"]
   return out
 
 

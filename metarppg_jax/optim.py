@@ -13,6 +13,7 @@ form; PyTorch's recursive form equals it).
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -60,3 +61,19 @@ def step(tx: optax.GradientTransformation, grads: PyTree, opt_state: PyTree, par
   """One optimizer step: `(new params, new opt_state)`."""
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state
+
+
+def rated_step(tx: optax.GradientTransformation, grads: PyTree, opt_state: PyTree,
+               params: PyTree, rates: PyTree) -> tuple[PyTree, PyTree, PyTree]:
+  """One step with per-parameter rates (a tree like params; the state's own learning rate
+  set to 1): params + rates * updates. -> (new params, new opt_state, the updates before the
+  rates: d new params / d rates)."""
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return (optax.apply_updates(params, jax.tree.map(jnp.multiply, updates, rates)), opt_state,
+          updates)
+
+
+def rates_optimizer(learning_rate: float) -> optax.GradientTransformation:
+  """Adam for meta-learned per-parameter inner rates: steps of about `learning_rate` in
+  the rates' own units, whatever the scale of their gradient."""
+  return optax.adam(learning_rate)

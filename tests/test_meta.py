@@ -15,6 +15,7 @@ from metarppg_jax import inference
 from metarppg_jax import losses
 from metarppg_jax import meta
 from metarppg_jax import models
+from metarppg_jax import optim
 from metarppg_jax import state as state_lib
 from metarppg_jax.errors import ConfigError, DataError
 
@@ -175,3 +176,78 @@ def test_psi_learns_the_gradient_where_it_is_trained(psi_target):
     assert "adapt/gradloss" not in history[0]
     losses_ = [h["learn1/gradloss"] for h in history]
   assert losses_[-1] < losses_[0], losses_
+
+
+def _learned(**fields):
+  config = _config(inner_rates="learned", **fields)
+  config.optim.rates_lr = 1e-4
+  return configuration.validate(config)
+
+
+def test_learned_rates_need_the_joint_inner_step_on_theta():
+  for fields, need in (({"inner_mode": "per_task"}, "joint"),
+                       ({"adapt_position": "estimator"}, "extractor"),
+                       ({"synthetic_gradient": False}, "synthetic_gradient")):
+    with pytest.raises(ConfigError, match=f"inner_rates='learned' needs .*{need}"):
+      _learned(**fields)
+
+
+def test_learned_rates_gradient_is_the_exact_one_for_one_inner_step():
+  """d loss / d rates = d loss / d adapted * direction (what the step feeds Adam) equals
+  autodiff through the inner step, for the loss on the next window."""
+  config = _learned(adapt_position="both")
+  s = hparams.from_config(config)
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(0), num_tasks=2)
+  clips, levels = _pulse_clips(4, 2, 2)
+  x0, x1, t1 = jnp.asarray(clips[:, 0]), jnp.asarray(clips[:, 1]), jnp.asarray(levels[:, 1])
+  lstm0 = meta._lstm0(s, state.lstm_state, 2)  # pylint: disable=protected-access
+  opt = optim.set_learning_rate(state.opt_state["adapt"], 1.0)
+
+  def adapted(rates):
+    params = dict(state.params, rates=rates)
+    return meta._sg_adaptation(s, params, state.batch_stats, opt, x0, lstm0)  # pylint: disable=protected-access
+
+  def loss_at(theta, phi, stats):
+    z, stats = models.extract(theta, stats["theta"], x1, train=True)
+    out, _ = models.estimate(phi, z, lstm0, head=s.head)
+    return losses.ordinal_loss(out.fc_out, t1, s.head) + losses.prototype_loss(z,
+                                                                              state.prototype)
+
+  def loss(rates):
+    params, stats, *_ = adapted(rates)
+    return loss_at(params["theta"], params["phi"], stats)
+
+  exact = jax.grad(loss)(state.params["rates"])
+  params, stats, _, _, _, direction = adapted(state.params["rates"])
+  g = dict(zip(("theta", "phi"), jax.grad(loss_at, argnums=(0, 1))(params["theta"],
+                                                                   params["phi"], stats)))
+  formula = {k: jax.tree.map(jnp.multiply, g[k], direction[k]) for k in direction}
+  for a, b in zip(jax.tree.leaves(formula), jax.tree.leaves(exact)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()) + 1e-30)
+  assert max(float(np.abs(a).max()) for a in jax.tree.leaves(exact)) > 0
+
+
+def test_learned_rates_train_and_adapt_at_test_time():
+  """The step moves the rates (Adam: about rates_lr an element on its first step), and the
+  test-time inner step uses them: at their initial value (adapt_lr everywhere) the
+  evaluation is the fixed-rate one; moved, it differs."""
+  config = _learned()
+  fixed = _config()
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(2), num_tasks=2)
+  clips, levels = _pulse_clips(5, 2, 3)
+  videos = jnp.asarray(clips)
+  same = inference.evaluate_videos(config, state, videos, adapt=True)
+  plain_state = state.replace(params={k: v for k, v in state.params.items() if k != "rates"})
+  want = inference.evaluate_videos(fixed, plain_state, videos, adapt=True)
+  np.testing.assert_allclose(same["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+  step = meta.make_meta_train_step(config)
+  rates0 = jax.tree.map(np.asarray, state.params["rates"])
+  state, metrics = step(state, {"x": videos, "targets": jnp.asarray(levels)})
+  moved = [np.abs(np.asarray(a) - b) for a, b in zip(jax.tree.leaves(state.params["rates"]),
+                                                      jax.tree.leaves(rates0))]
+  assert 0.5e-4 < max(float(m.max()) for m in moved) < 2e-4
+  assert np.isfinite(float(metrics["rates/mean"])) and "rates" in state.opt_state
+  scaled = state.replace(params=dict(state.params, rates=jax.tree.map(
+      lambda r: 1e3 * r, state.params["rates"])))
+  moved_eval = inference.evaluate_videos(config, scaled, videos, adapt=True)
+  assert np.abs(moved_eval["prob"] - want["prob"]).max() > 1e-4
