@@ -2,7 +2,7 @@
 quick start).
 
 Synthetic `medium` dataset (24 source videos of 30 s to train on, 4 source validation videos,
-12 shifted test videos, 6 labelled shifted validation videos), every window normalised per
+12 shifted test videos, 12 labelled shifted validation videos), every window normalised per
 pixel, tasks time-stretched 0.8-1.3x (the shifted domain's heart rates reach 45-150 bpm, the
 source's only 55-120), 10 epochs of 40 steps, all 14 query windows of a 30 s video scored.
 Each choice was measured on the validation splits (validation, validation_shifted), never on

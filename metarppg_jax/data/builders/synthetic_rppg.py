@@ -8,7 +8,7 @@ adapt to); seeds are disjoint across splits.
 
 Configs: `tiny` (tests: seconds to build), `small` (the default training run on a 2-core
 CPU: 12 train + 2 validation videos of 20 s, 6 test videos of 20 s, 4 validation_shifted),
-`medium` (configs/full.py: 24 train, 4 validation, 12 test, 6 validation_shifted, 30 s each),
+`medium` (configs/full.py: 24 train, 4 validation, 12 test, 12 validation_shifted, 30 s each),
 `full`. validation_shifted holds labelled videos of the test domain (seeds disjoint from test)
 for choosing the adaptation's hyperparameters.
 """
@@ -46,12 +46,13 @@ class SyntheticRppg(base.RppgBuilder):
 
   # 2.0.0: the generator renders 3-D faces lit after the pose, with specular reflection,
   # in-band light and H.264 (a dataset built by 1.x must not be reused); 2.1.0: records carry
-  # their frame count and the validation_shifted split.
-  VERSION = tfds.core.Version("2.1.0")
+  # their frame count and the validation_shifted split; 2.2.0: medium holds 12 of them.
+  VERSION = tfds.core.Version("2.2.0")
   RELEASE_NOTES = {**base.RppgBuilder.RELEASE_NOTES,
                    "2.0.0": "Physically based generator: shading, specular, in-band light and "
                             "motion, H.264; source/shifted recalibrated.",
-                   "2.1.0": "num_frames: each video's frame count; validation_shifted split."}
+                   "2.1.0": "num_frames: each video's frame count; validation_shifted split.",
+                   "2.2.0": "medium: 12 validation_shifted videos (was 6; the others as before)."}
   USES_MANUAL_DIR = False
   MANUAL_DOWNLOAD_INSTRUCTIONS = "none: the videos are generated"
   BUILDER_CONFIGS = [
@@ -59,8 +60,8 @@ class SyntheticRppg(base.RppgBuilder):
       SyntheticConfig(name="tiny", num_videos=(("train", 3), ("validation", 1), ("test", 2)),
                       seconds=7.0, description="3/1/2 videos of 7 s (tests)"),
       SyntheticConfig(name="medium", num_videos=(("train", 24), ("validation", 4),
-                                                 ("test", 12), ("validation_shifted", 6)),
-                      seconds=30.0, description="24/4/12/6 videos of 30 s (configs/full.py)"),
+                                                 ("test", 12), ("validation_shifted", 12)),
+                      seconds=30.0, description="24/4/12/12 videos of 30 s (configs/full.py)"),
       SyntheticConfig(name="full", num_videos=(("train", 60), ("validation", 10),
                                                ("test", 30), ("validation_shifted", 10)),
                       seconds=60.0, description="60/10/30 videos of 60 s"),
