@@ -1,9 +1,9 @@
 """Default experiment: Meta-rPPG on the built-in synthetic dataset, sound behaviour.
 
 Trains on the synthetic "source" domain and evaluates on held-out subjects of the "shifted"
-domain; 4 epochs x 30 steps: the whole run, data build included, took 17 min on a 2-core CPU
-shared with two other jobs (load 3-5) and 11 min on idle cores (the same step count, measured
-in the previous release). Override any field on the command line, e.g.
+domain; 4 epochs x 30 steps: the whole run, data build included, took 311 s (5.2 min) on 2 idle
+CPU cores (experiments/results/default/: its metrics and report). Override any field on the
+command line, e.g.
 `--config.meta.fewshots=2 --config.optim.num_epochs=3`.
 """
 
@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.cosine_t_max = 5
   config.optim.cosine_floor = 0.1
   config.optim.num_epochs = 4
-  config.optim.steps_per_epoch = 30        # 120 steps: ~11 min on 2 idle CPU cores
+  config.optim.steps_per_epoch = 30        # 120 steps: the run takes ~5 min on 2 idle CPU cores
   config.optim.nonfinite = "stop"          # stop | skip
 
   # --- data ----------------------------------------------------------------------------------
