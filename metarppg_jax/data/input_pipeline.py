@@ -52,65 +52,11 @@ HOST_KEYS = ("frames", "mask", "targets", "valid", "ppg")   # a task as the host
 TRAIN_KEYS = ("x", "targets", "valid", "ppg")              # ... as the step sees it
 
 
-@functools.partial(jax.jit, static_argnames="mode")
-def normalize(frames: jax.Array, masks: jax.Array, mode: str = "sound") -> jax.Array:
-  """`preprocess.normalize_clip` as one jitted XLA function: the normalisation every caller
-  uses (training on the device the step runs on; evaluation, predict and the stream on the
-  host's).
-
-  Training batches cross to the device as uint8 frames and masks (4 B a pixel instead of
-  12 B of float32) and are normalised there, so that the host's cores only gather windows.
-  Equal to `preprocess.normalize_clip` (the specification) within float32 rounding: sums of
-  uint8 frames are exact int32 sums (float64 there), the rest float32.
-
-  Args:
-    frames: uint8 or float [..., T, H, W, 3].
-    masks: [..., T, H, W] with skin > 0.
-    mode: "sound", "pixel" or "reference" (preprocess.NORMALIZATIONS).
-
-  Returns:
-    f32[..., T, H, W, 3].
-  """
-  if frames.shape[-1] != 3 or frames.shape[:-1] != masks.shape or frames.ndim < 4:
-    raise ValueError(f"frames {frames.shape} and masks {masks.shape} must be "
-                     "[..., T, H, W, 3] and [..., T, H, W]")
-  if mode not in preprocess.NORMALIZATIONS:
-    raise ValueError(f"mode must be one of {preprocess.NORMALIZATIONS}, got {mode!r}")
-  f32 = jnp.float32
-  acc = jnp.int32 if jnp.issubdtype(frames.dtype, jnp.integer) else f32   # exact for uint8
-  t = frames.shape[-4]
-  x = frames.astype(f32)
-  m = masks > 0
-  empty = ~m.any(axis=(-3, -2, -1))            # an empty window: every pixel counts as skin
-  m = m | empty[..., None, None, None]
-  frame_count = m.sum(axis=(-2, -1), dtype=jnp.int32)                          # [..., T]
-  count = frame_count.sum(axis=-1).astype(f32)[..., None]                      # [..., 1]
-  if mode == "reference":
-    mean = frames.astype(acc).sum(axis=(-4, -3, -2)).astype(f32) / count      # [..., 3]
-    return x - mean[..., None, None, None, :]
-  if mode == "pixel":
-    rel = x / jnp.maximum(x.mean(axis=-4, keepdims=True), 1.0) - 1
-    tc = (jnp.arange(t, dtype=f32) - (t - 1) / 2).reshape(t, 1, 1, 1)
-    rel = rel - (rel * tc).sum(axis=-4, keepdims=True) / (tc ** 2).sum() * tc
-    rel = jnp.clip(rel, -preprocess.PIXEL_CLIP, preprocess.PIXEL_CLIP) * m[..., None]
-    skin = jnp.maximum(m.sum(axis=(-3, -2, -1), dtype=jnp.int32), 1).astype(f32) * 3
-    std = jnp.sqrt((rel ** 2).sum(axis=(-4, -3, -2, -1)) / skin)
-    return rel / jnp.maximum(std, 1e-6)[..., None, None, None, None]
-  # "sound": relative colour, minus the per-frame skin mean's straight line, skin only.
-  frame_sum = (frames.astype(acc) * m[..., None]).sum(axis=(-3, -2)).astype(f32)  # [..., T, 3]
-  mean = jnp.maximum(frame_sum.sum(axis=-2) / count, 1e-6)                    # [..., 3]
-  has_skin = (frame_count > 0).astype(f32)                                     # [..., T]
-  per_frame = frame_sum / jnp.maximum(frame_count, 1)[..., None] / mean[..., None, :] - 1
-  tt = jnp.arange(t, dtype=f32)
-  wsum = has_skin.sum(axis=-1, keepdims=True)
-  tbar = (has_skin * tt).sum(axis=-1, keepdims=True) / wsum                    # [..., 1]
-  tc = (tt - tbar) * has_skin                                                  # [..., T]
-  level = (per_frame * has_skin[..., None]).sum(axis=-2) / wsum                # [..., 3]
-  slope = (per_frame * tc[..., None]).sum(axis=-2) / jnp.maximum(
-      (tc ** 2).sum(axis=-1, keepdims=True), 1e-12)                            # [..., 3]
-  trend = level[..., None, :] + slope[..., None, :] * (tt - tbar)[..., None]   # [..., T, 3]
-  out = x * (1 / mean)[..., None, None, None, :] - (1 + trend)[..., :, None, None, :]
-  return out * m[..., None]
+# The normalisation every caller uses (training on the device the step runs on; evaluation,
+# predict and the stream on the host's): training batches cross to the device as uint8 frames
+# and masks (4 B a pixel instead of 12 B of float32) and are normalised there, so that the
+# host's cores only gather windows. normalize(frames, masks, mode) -> f32[..., T, H, W, 3].
+normalize = jax.jit(preprocess.normalize_clip, static_argnames="mode")
 
 
 def gather_windows(record: dict, starts: np.ndarray, *, window: int,

@@ -4,14 +4,17 @@
   files) onto a constant rate, by the nearest frame in time (default) or a linear blend.
 - `resample_signal`: ground truth (PPG, HR) onto frame times, with coverage checks.
 - `window_starts`: THE window maker; every caller cuts windows with it.
-- `normalize_clip`: per-window normalisation, "sound" (what the paper intended) or
-  "reference" (what the original release effectively computed).
+- `normalize_clip`: per-window normalisation, "pixel" (the default input), "sound" (what the
+  paper intended) or "reference" (what the original release effectively computed).
 - `quantize_ppg`: the 40 ordinal levels of the targets, with a guard for flat windows.
 - `masked_rgb_means`: the per-frame mean skin colour that the classical baselines consume.
 
-All functions are vectorised numpy over leading batch dimensions; none loops over pixels.
+All functions are vectorised over leading batch dimensions (numpy; `normalize_clip`
+jax.numpy, so that it also runs jitted on a device); none loops over pixels.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metarppg_jax.errors import DataError
@@ -134,7 +137,7 @@ def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
   return np.arange(0, max(int(num_frames) - window + 1, 0), stride, dtype=np.int64)
 
 
-def normalize_clip(frames: np.ndarray, masks: np.ndarray, mode: str = "sound") -> np.ndarray:
+def normalize_clip(frames, masks, mode: str = "sound") -> jax.Array:
   """Normalises windows of face crops.
 
   "reference": the original's effective normalisation, exactly: per window and channel
@@ -164,6 +167,8 @@ def normalize_clip(frames: np.ndarray, masks: np.ndarray, mode: str = "sound") -
   The result is O(1).
 
   A window whose mask is empty is treated as all skin (instead of dividing by zero).
+  jax.numpy, float32 throughout (sums of uint8 frames are exact int32 sums): jit it as
+  `input_pipeline.normalize` does, on the host or on the device the step runs on.
 
   Args:
     frames: uint8 or float [..., T, H, W, 3].
@@ -173,66 +178,49 @@ def normalize_clip(frames: np.ndarray, masks: np.ndarray, mode: str = "sound") -
   Returns:
     f32[..., T, H, W, 3].
   """
-  frames = np.asarray(frames)
-  if frames.shape[-1] != 3 or frames.shape[:-1] != np.shape(masks) or frames.ndim < 4:
-    raise ValueError(f"frames {frames.shape} and masks {np.shape(masks)} must be "
+  frames, masks = jnp.asarray(frames), jnp.asarray(masks)
+  if frames.shape[-1] != 3 or frames.shape[:-1] != masks.shape or frames.ndim < 4:
+    raise ValueError(f"frames {frames.shape} and masks {masks.shape} must be "
                      "[..., T, H, W, 3] and [..., T, H, W]")
   if mode not in NORMALIZATIONS:
     raise ValueError(f"mode must be one of {NORMALIZATIONS}, got {mode!r}")
-  *lead, t, h, w, _ = frames.shape
-  m = np.asarray(masks) > 0
-  frame_count = m.sum(axis=(-2, -1))                                           # [..., T]
-  empty = frame_count.sum(axis=-1) == 0                                        # [...]
-  if empty.any():                      # an empty window: every pixel counts as skin
-    m = m | empty[..., None, None, None]
-    frame_count = m.sum(axis=(-2, -1))
-  count = frame_count.sum(axis=-1, dtype=np.float64)[..., None]                # [..., 1]
+  f32 = jnp.float32
+  acc = jnp.int32 if jnp.issubdtype(frames.dtype, jnp.integer) else f32   # exact for uint8
+  t = frames.shape[-4]
+  x = frames.astype(f32)
+  m = masks > 0
+  empty = ~m.any(axis=(-3, -2, -1))            # an empty window: every pixel counts as skin
+  m = m | empty[..., None, None, None]
+  frame_count = m.sum(axis=(-2, -1), dtype=jnp.int32)                          # [..., T]
+  count = frame_count.sum(axis=-1).astype(f32)[..., None]                      # [..., 1]
   if mode == "reference":
-    total = frames.reshape(*lead, t * h * w, 3).sum(axis=-2, dtype=np.float64)  # [..., 3]
-    mean = (total / count).astype(np.float32)
-    return np.subtract(frames, mean[..., None, None, None, :], dtype=np.float32)
+    mean = frames.astype(acc).sum(axis=(-4, -3, -2)).astype(f32) / count      # [..., 3]
+    return x - mean[..., None, None, None, :]
   if mode == "pixel":
-    return _pixel_relative(frames, m)
-  x = frames.astype(np.float32, copy=False)
-  mf = m.astype(np.float32)
-  # Per-frame skin sums as one batched mat-vec: [..., T, 1, HW] @ [..., T, HW, 3].
-  frame_sum = np.matmul(mf.reshape(*lead, t, 1, h * w),
-                        x.reshape(*lead, t, h * w, 3))[..., 0, :].astype(np.float64)
-  mean = np.maximum(frame_sum.sum(axis=-2) / count, 1e-6)                      # [..., 3]
-  # Per-frame skin mean of the relative colour x / mean - 1, and its least-squares line over
-  # the frames that have skin.
-  has_skin = (frame_count > 0).astype(np.float64)                             # [..., T]
-  per_frame = frame_sum / np.maximum(frame_count, 1)[..., None] / mean[..., None, :] - 1
-  tt = np.arange(t, dtype=np.float64)
+    # Dark pixels (mean < 1 grey level) carry no usable relative change: held at 1.
+    rel = x / jnp.maximum(x.mean(axis=-4, keepdims=True), 1.0) - 1
+    # Its mean over time is already 0: only the slope is left to remove.
+    tc = (jnp.arange(t, dtype=f32) - (t - 1) / 2).reshape(t, 1, 1, 1)
+    rel = rel - (rel * tc).sum(axis=-4, keepdims=True) / (tc ** 2).sum() * tc
+    rel = jnp.clip(rel, -PIXEL_CLIP, PIXEL_CLIP) * m[..., None]
+    skin = jnp.maximum(m.sum(axis=(-3, -2, -1), dtype=jnp.int32), 1).astype(f32) * 3
+    std = jnp.sqrt((rel ** 2).sum(axis=(-4, -3, -2, -1)) / skin)
+    return rel / jnp.maximum(std, 1e-6)[..., None, None, None, None]
+  # "sound": relative colour, minus the per-frame skin mean's straight line, skin only.
+  frame_sum = (frames.astype(acc) * m[..., None]).sum(axis=(-3, -2)).astype(f32)  # [..., T, 3]
+  mean = jnp.maximum(frame_sum.sum(axis=-2) / count, 1e-6)                    # [..., 3]
+  has_skin = (frame_count > 0).astype(f32)                                     # [..., T]
+  per_frame = frame_sum / jnp.maximum(frame_count, 1)[..., None] / mean[..., None, :] - 1
+  tt = jnp.arange(t, dtype=f32)
   wsum = has_skin.sum(axis=-1, keepdims=True)
   tbar = (has_skin * tt).sum(axis=-1, keepdims=True) / wsum                    # [..., 1]
   tc = (tt - tbar) * has_skin                                                  # [..., T]
   level = (per_frame * has_skin[..., None]).sum(axis=-2) / wsum                # [..., 3]
-  slope = (per_frame * tc[..., None]).sum(axis=-2) / np.maximum(
+  slope = (per_frame * tc[..., None]).sum(axis=-2) / jnp.maximum(
       (tc ** 2).sum(axis=-1, keepdims=True), 1e-12)                            # [..., 3]
   trend = level[..., None, :] + slope[..., None, :] * (tt - tbar)[..., None]   # [..., T, 3]
-  out = x * (1 / mean).astype(np.float32)[..., None, None, None, :]
-  out -= (1 + trend).astype(np.float32)[..., :, None, None, :]
-  out *= mf[..., None]
-  return out
-
-
-def _pixel_relative(frames: np.ndarray, m: np.ndarray) -> np.ndarray:
-  """normalize_clip's "pixel" mode; frames [..., T, H, W, 3], m bool[..., T, H, W]."""
-  x = frames.astype(np.float32, copy=False)
-  t = x.shape[-4]
-  # Dark pixels (mean < 1 grey level) carry no usable relative change: held at 1.
-  rel = x / np.maximum(x.mean(axis=-4, keepdims=True), 1.0) - 1
-  tc = (np.arange(t, dtype=np.float32) - (t - 1) / 2).reshape(t, 1, 1, 1)
-  slope = (rel * tc).sum(axis=-4, keepdims=True) / np.float32((tc ** 2).sum())
-  rel -= slope * tc                 # its mean over time is already 0: only the slope is left
-  np.clip(rel, -PIXEL_CLIP, PIXEL_CLIP, out=rel)
-  rel *= m[..., None]
-  lead = rel.shape[:-4]
-  count = np.maximum(m.reshape(*lead, -1).sum(axis=-1), 1) * 3
-  std = np.sqrt((rel.reshape(*lead, -1) ** 2).sum(axis=-1, dtype=np.float64) / count)
-  rel /= np.maximum(std, 1e-6).astype(np.float32).reshape(*lead, 1, 1, 1, 1)
-  return rel
+  out = x * (1 / mean)[..., None, None, None, :] - (1 + trend)[..., :, None, None, :]
+  return out * m[..., None]
 
 
 def quantize_ppg(ppg: np.ndarray, levels: int = NUM_LEVELS) -> tuple[np.ndarray, np.ndarray]:
