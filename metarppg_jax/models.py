@@ -251,6 +251,13 @@ def _chunk_frames(frames: int, bytes_per_frame: int) -> int:
   return max(d for d in range(1, min(fit, frames) + 1) if frames % d == 0)
 
 
+def _patches3x3(xp: jax.Array) -> jax.Array:
+  """im2col of a padded map f32[B, H + 2, W + 2, C] -> f32[B, H, W, 9C], taps (row, column)
+  then channel: the HWIO kernel's order, so that patches @ kernel.reshape(9C, O) convolves."""
+  h, w = xp.shape[1] - 2, xp.shape[2] - 2
+  return jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+
+
 def _conv3x3_bwd(res, g):
   x, kernel = res
   b, h, w, cin = x.shape
@@ -258,9 +265,7 @@ def _conv3x3_bwd(res, g):
 
   def d_kernel_of(xg):
     xc, gc = xg
-    xp = jnp.pad(xc, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    patches = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
-                              -1)
+    patches = _patches3x3(jnp.pad(xc, ((0, 0), (1, 1), (1, 1), (0, 0))))
     return jnp.einsum("bhwp,bhwo->po", patches, gc)
 
   split = lambda a: a.reshape((b // chunk, chunk) + a.shape[1:])
@@ -317,7 +322,7 @@ def _patch_covariance(x: jax.Array) -> jax.Array:
   chunk = _chunk_frames(b, 9 * h * w * c * x.dtype.itemsize)
 
   def moments(xc):
-    p = jnp.concatenate([xc[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+    p = _patches3x3(xc)
     return jnp.einsum("bhwp,bhwq->pq", p, p), p.sum((0, 1, 2))
 
   gram, total = jax.lax.map(moments, xp.reshape((b // chunk, chunk) + xp.shape[1:]))
