@@ -125,6 +125,17 @@ def _plain_first_block(conv, bn, stats, x, train):
   return models.batch_norm(bn, stats, y, (0, 1, 2), train=train, offset=conv["bias"], pool=True)
 
 
+def test_patch_covariance_is_that_of_the_explicit_patches():
+  """The 2x2-block Gram of the space-to-depth map, summed over the four pixel phases, is the
+  covariance of every pixel's zero-padded 3x3 patch (rows tap, then channel)."""
+  x = np.asarray(1.5 + jax.random.normal(jax.random.PRNGKey(7), (3, 6, 8, 3)), np.float64)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  patches = np.stack([xp[:, i:i + 6, j:j + 8] for i in range(3) for j in range(3)], 3)
+  want = np.cov(patches.reshape(-1, 27), rowvar=False, bias=True)
+  got = models._patch_covariance(jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_first_block_without_the_full_map_is_the_plain_block(net, train):
   """The pool folded into the convolution and the variance from the input's patch covariance
