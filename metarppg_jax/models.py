@@ -225,7 +225,7 @@ def _conv3x3_xla(x, kernel):
                                       dimension_numbers=_CONV_DN)
 
 
-WGRAD_CHUNK_BYTES = 4 << 20  # im2col patches of one chunk of frames: about a cache's size
+IM2COL_CHUNK_BYTES = 4 << 20  # im2col patches of one chunk of frames: about a cache's size
 
 
 @jax.custom_vjp
@@ -233,7 +233,7 @@ def _conv3x3(x, kernel):
   """3x3 convolution, stride 1, zero padding 1, no bias: f32[B, H, W, in] -> f32[B, H, W, out].
 
   Forward and input gradient by XLA's convolution; the weight gradient as im2col + matmul,
-  over chunks of frames whose patches fit in a cache (`WGRAD_CHUNK_BYTES`), summed: the
+  over chunks of frames whose patches fit in a cache (`IM2COL_CHUNK_BYTES`), summed: the
   extractor's forward+backward on 180 frames 1.16 s against 1.57 s with one matmul over all
   frames and 1.3-1.4 s with XLA's own weight-gradient convolution (interleaved, this
   project's 2-core CPU; chunks of 1 and 16 MB: 1.16 and 1.29 s).
@@ -246,9 +246,30 @@ def _conv3x3_fwd(x, kernel):
 
 
 def _chunk_frames(frames: int, bytes_per_frame: int) -> int:
-  """The largest divisor of `frames` whose patches take at most WGRAD_CHUNK_BYTES (>= 1)."""
-  fit = max(1, WGRAD_CHUNK_BYTES // bytes_per_frame)
+  """The largest divisor of `frames` whose patches take at most IM2COL_CHUNK_BYTES (>= 1)."""
+  fit = max(1, IM2COL_CHUNK_BYTES // bytes_per_frame)
   return max(d for d in range(1, min(fit, frames) + 1) if frames % d == 0)
+
+
+CHUNKS_UNROLLED = 16  # at most this many chunks of `_chunked_sum` written out in a row
+
+
+def _chunked_sum(fn, arrays: tuple, chunk: int):
+  """sum_k fn(*chunk k of arrays) over chunks of `chunk` frames (axis 0, a divisor); fn's
+  output a pytree of fixed shapes.
+
+  A scan unrolled CHUNKS_UNROLLED deep: a rolled loop of small dots and patch copies
+  runs far slower on XLA:CPU (one-video test 364 against 314 ms with the weight gradient's
+  and the patch covariance's chunks written out; 336 ms at 4 deep, 322 at 8, 314 at 16;
+  interleaved, this project's 2-core CPU), and the depth bounds the program's size.
+  """
+  count = arrays[0].shape[0] // chunk
+  split = tuple(a.reshape((count, chunk) + a.shape[1:]) for a in arrays)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(fn, *(a[0] for a in split)))
+  total, _ = jax.lax.scan(lambda acc, c: (jax.tree.map(jnp.add, acc, fn(*c)), None), zeros,
+                          split, unroll=min(count, CHUNKS_UNROLLED))
+  return total
 
 
 def _pixel_minor_patches(xp: jax.Array, size: int) -> jax.Array:
@@ -267,16 +288,13 @@ def _pixel_minor_patches(xp: jax.Array, size: int) -> jax.Array:
 
 def _conv3x3_bwd(res, g):
   x, kernel = res
-  b, h, w, cin = x.shape
-  chunk = _chunk_frames(b, 9 * h * w * cin * x.dtype.itemsize)
+  chunk = _chunk_frames(x.shape[0], 9 * np.prod(x.shape[1:]) * x.dtype.itemsize)
 
-  def d_kernel_of(xg):
-    xc, gc = xg
+  def d_kernel_of(xc, gc):
     patches = _pixel_minor_patches(jnp.pad(xc, ((0, 0), (1, 1), (1, 1), (0, 0))), 3)
     return patches @ gc.reshape(-1, gc.shape[-1])
 
-  split = lambda a: a.reshape((b // chunk, chunk) + a.shape[1:])
-  d_kernel = jax.lax.map(d_kernel_of, (split(x), split(g))).sum(0).reshape(kernel.shape)
+  d_kernel = _chunked_sum(d_kernel_of, (x, g), chunk).reshape(kernel.shape)
   # The input gradient is a convolution with the kernel flipped and in/out swapped.
   d_x = _conv3x3_xla(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
   return d_x, d_kernel
@@ -356,8 +374,7 @@ def _patch_covariance(x: jax.Array) -> jax.Array:
     p = _pixel_minor_patches(_space_to_depth(xc), 2)  # rows (block row, block column, r, s, c)
     return p @ p.T, p.sum(1)
 
-  gram, total = jax.lax.map(moments, xp.reshape((b // chunk, chunk) + xp.shape[1:]))
-  gram, total = gram.sum(0), total.sum(0)
+  gram, total = _chunked_sum(moments, (xp,), chunk)
   rows = (_block_taps()[:, :, None] * c + np.arange(c)).reshape(4, 9 * c)  # + channel
   n = b * h * w
   second = sum(gram[r][:, r] for r in rows) / n
