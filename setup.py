@@ -3,7 +3,7 @@
 import setuptools
 
 INSTALL_REQUIRES = [
-    "jax>=0.10,<0.11",
+    "jax>=0.10.2,<0.11",  # compile_options: XLA:CPU fields of jaxlib 0.10.2
     "flax>=0.12,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12,<0.13",
@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "cuda12": ["jax[cuda12]>=0.10,<0.11"],
+    "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",

@@ -48,6 +48,7 @@ import tqdm
 
 from metarppg_jax import baselines
 from metarppg_jax import checkpoints
+from metarppg_jax import compile_options
 from metarppg_jax import configuration
 from metarppg_jax import console
 from metarppg_jax import heart_rate
@@ -220,7 +221,7 @@ def saliency(config: ml_collections.ConfigDict, state: TrainState, video: np.nda
   params, stats = state.params, state.batch_stats
   theta, theta_stats = params["theta"], stats["theta"]
   if adapt:
-    adapt_fn = jax.jit(functools.partial(inference.adapt, config))
+    adapt_fn = compile_options.jit(functools.partial(inference.adapt, config))
     theta, theta_stats, _ = adapt_fn(params, stats, state.prototype, video[:s])
   queries = video[s:]
   lstm0 = inference.initial_lstm_state(config.meta.lstm_state_rule, state.lstm_state,
@@ -231,7 +232,7 @@ def saliency(config: ml_collections.ConfigDict, state: TrainState, video: np.nda
                             lstm0, head=config.model.ordinal_head)
     return jnp.sum(out.prob)
 
-  grad = jax.jit(jax.grad(expected_level))(queries)
+  grad = compile_options.jit(jax.grad(expected_level))(queries)
   g = np.asarray(jnp.sum(jnp.abs(grad), axis=-1))
   return g.reshape((-1,) + g.shape[2:])
 

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from metarppg_jax import compile_options
 from metarppg_jax import heart_rate
 from metarppg_jax import hparams
 from metarppg_jax import losses
@@ -176,7 +177,7 @@ def video_batching(videos) -> str:
   return "map" if next(iter(devices)).platform == "cpu" else "vmap"
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+@functools.partial(compile_options.jit, static_argnums=(0, 1, 2, 3))
 def _evaluate(s: hparams.Settings, do_adapt: bool, batching: str, groups: int, params,
               batch_stats, prototype, lstm_state, videos):
   num_queries = videos.shape[1] - s.fewshots

@@ -51,6 +51,7 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from metarppg_jax import compile_options
 from metarppg_jax import hparams
 from metarppg_jax import inference
 from metarppg_jax import losses
@@ -527,4 +528,4 @@ def meta_train_step(config, *, trace: bool = False):
 def make_meta_train_step(config, *, trace: bool = False):
   """`meta_train_step` jitted once, the state's buffers donated (do not use the state passed
   in afterwards)."""
-  return jax.jit(meta_train_step(config, trace=trace), donate_argnums=0)
+  return compile_options.jit(meta_train_step(config, trace=trace), donate_argnums=0)

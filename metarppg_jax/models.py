@@ -225,18 +225,11 @@ def _conv3x3_xla(x, kernel):
                                       dimension_numbers=_CONV_DN)
 
 
-IM2COL_CHUNK_BYTES = 4 << 20  # im2col patches of one chunk of frames: about a cache's size
-
-
 @jax.custom_vjp
 def _conv3x3(x, kernel):
   """3x3 convolution, stride 1, zero padding 1, no bias: f32[B, H, W, in] -> f32[B, H, W, out].
 
-  Forward and input gradient by XLA's convolution; the weight gradient as im2col + matmul,
-  over chunks of frames whose patches fit in a cache (`IM2COL_CHUNK_BYTES`), summed: the
-  extractor's forward+backward on 180 frames 1.16 s against 1.57 s with one matmul over all
-  frames and 1.3-1.4 s with XLA's own weight-gradient convolution (interleaved, this
-  project's 2-core CPU; chunks of 1 and 16 MB: 1.16 and 1.29 s).
+  Forward and input gradient by XLA's convolution; the weight gradient by `_kernel_gradient`.
   """
   return _conv3x3_xla(x, kernel)
 
@@ -245,59 +238,30 @@ def _conv3x3_fwd(x, kernel):
   return _conv3x3_xla(x, kernel), (x, kernel)
 
 
-def _chunk_frames(frames: int, bytes_per_frame: int) -> int:
-  """The largest divisor of `frames` whose patches take at most IM2COL_CHUNK_BYTES (>= 1)."""
-  fit = max(1, IM2COL_CHUNK_BYTES // bytes_per_frame)
-  return max(d for d in range(1, min(fit, frames) + 1) if frames % d == 0)
+def _kernel_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
+  """The 3x3 kernel's gradient f32[3, 3, in, out] from the input x f32[B, H, W, in] and the
+  output's gradient g f32[B, H, W, out], as a plain forward convolution: the padded input with
+  its channels as the batch and its frames as the features, g as an H x W kernel.
 
-
-CHUNKS_UNROLLED = 16  # at most this many chunks of `_chunked_sum` written out in a row
-
-
-def _chunked_sum(fn, arrays: tuple, chunk: int):
-  """sum_k fn(*chunk k of arrays) over chunks of `chunk` frames (axis 0, a divisor); fn's
-  output a pytree of fixed shapes.
-
-  A scan unrolled CHUNKS_UNROLLED deep: a rolled loop of small dots and patch copies
-  runs far slower on XLA:CPU (one-video test 364 against 314 ms with the weight gradient's
-  and the patch covariance's chunks written out; 336 ms at 4 deep, 322 at 8, 314 at 16;
-  interleaved, this project's 2-core CPU), and the depth bounds the program's size.
+  XLA:CPU runs its own weight-gradient convolution fast only outside loops (inside one, as in
+  a `lax.map` over videos, the extractor's forward+backward on 60 frames took 4.9 s against
+  92 ms); this form is a convolution in the standard layouts, fast in both (88-94 ms, against
+  131-139 ms for the im2col + matmul it replaces; interleaved, this project's 2-core CPU,
+  with `compile_options.OPTIONS`).
   """
-  count = arrays[0].shape[0] // chunk
-  split = tuple(a.reshape((count, chunk) + a.shape[1:]) for a in arrays)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                       jax.eval_shape(fn, *(a[0] for a in split)))
-  total, _ = jax.lax.scan(lambda acc, c: (jax.tree.map(jnp.add, acc, fn(*c)), None), zeros,
-                          split, unroll=min(count, CHUNKS_UNROLLED))
-  return total
-
-
-def _pixel_minor_patches(xp: jax.Array, size: int) -> jax.Array:
-  """im2col of a padded map f32[B, H + size - 1, W + size - 1, C] -> f32[size * size * C,
-  B * H * W]: rows (tap row, tap column, channel), the HWIO kernel's order; pixels minor.
-
-  The weight gradient and the patch Gram contract over pixels: with pixels the minor axis
-  the dot reads the patches as they lie, where channels-last patches made XLA copy them
-  transposed first (one-video test 426 -> 402 ms, interleaved, this project's 2-core CPU).
-  """
-  size_h, size_w = xp.shape[1] - size + 1, xp.shape[2] - size + 1
-  xt = jnp.moveaxis(xp, -1, 0)  # [C, B, H', W']: 1/size^2 of the patches' bytes to move
-  taps = [xt[:, :, i:i + size_h, j:j + size_w] for i in range(size) for j in range(size)]
-  return jnp.stack(taps).reshape(size * size * xp.shape[-1], -1)
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  lhs = jnp.transpose(xp, (3, 1, 2, 0))  # [in, H + 2, W + 2, B]
+  rhs = jnp.transpose(g, (1, 2, 0, 3))   # [H, W, B, out]
+  d_kernel = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), "VALID",
+                                          dimension_numbers=_CONV_DN)  # [in, 3, 3, out]
+  return jnp.transpose(d_kernel, (1, 2, 0, 3))
 
 
 def _conv3x3_bwd(res, g):
   x, kernel = res
-  chunk = _chunk_frames(x.shape[0], 9 * np.prod(x.shape[1:]) * x.dtype.itemsize)
-
-  def d_kernel_of(xc, gc):
-    patches = _pixel_minor_patches(jnp.pad(xc, ((0, 0), (1, 1), (1, 1), (0, 0))), 3)
-    return patches @ gc.reshape(-1, gc.shape[-1])
-
-  d_kernel = _chunked_sum(d_kernel_of, (x, g), chunk).reshape(kernel.shape)
   # The input gradient is a convolution with the kernel flipped and in/out swapped.
   d_x = _conv3x3_xla(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
-  return d_x, d_kernel
+  return d_x, _kernel_gradient(x, g)
 
 
 _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
@@ -336,6 +300,47 @@ def _pooled_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return _conv3x3(_space_to_depth(x), block)
 
 
+IM2COL_CHUNK_BYTES = 1 << 18  # the patches of one chunk of frames (see `_patch_covariance`)
+
+
+def _chunk_frames(frames: int, bytes_per_frame: int) -> int:
+  """The largest divisor of `frames` whose patches take at most IM2COL_CHUNK_BYTES (>= 1)."""
+  fit = max(1, IM2COL_CHUNK_BYTES // bytes_per_frame)
+  return max(d for d in range(1, min(fit, frames) + 1) if frames % d == 0)
+
+
+CHUNKS_UNROLLED = 16  # at most this many chunks of `_chunked_sum` written out in a row
+
+
+def _chunked_sum(fn, arrays: tuple, chunk: int):
+  """sum_k fn(*chunk k of arrays) over chunks of `chunk` frames (axis 0, a divisor); fn's
+  output a pytree of fixed shapes.
+
+  A scan unrolled CHUNKS_UNROLLED deep: a rolled loop of small dots and patch copies runs
+  far slower on XLA:CPU, and the depth bounds the program's size.
+  """
+  count = arrays[0].shape[0] // chunk
+  split = tuple(a.reshape((count, chunk) + a.shape[1:]) for a in arrays)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(fn, *(a[0] for a in split)))
+  total, _ = jax.lax.scan(lambda acc, c: (jax.tree.map(jnp.add, acc, fn(*c)), None), zeros,
+                          split, unroll=min(count, CHUNKS_UNROLLED))
+  return total
+
+
+def _pixel_minor_patches(xp: jax.Array, size: int) -> jax.Array:
+  """im2col of a padded map f32[B, H + size - 1, W + size - 1, C] -> f32[size * size * C,
+  B * H * W]: rows (tap row, tap column, channel), the HWIO kernel's order; pixels minor.
+
+  The patch Gram contracts over pixels: with pixels the minor axis the dot reads the
+  patches as they lie, where channels-last patches made XLA copy them transposed first.
+  """
+  size_h, size_w = xp.shape[1] - size + 1, xp.shape[2] - size + 1
+  xt = jnp.moveaxis(xp, -1, 0)  # [C, B, H', W']: 1/size^2 of the patches' bytes to move
+  taps = [xt[:, :, i:i + size_h, j:j + size_w] for i in range(size) for j in range(size)]
+  return jnp.stack(taps).reshape(size * size * xp.shape[-1], -1)
+
+
 def _block_taps() -> np.ndarray:
   """I i32[4, 9]: the 3x3 patch of the pixel at phase (a, b) of a 2x2 block, as positions in
   the 2x2-block patch of the padded space-to-depth map: I[2a + b, 3 di + dj] for tap (di, dj),
@@ -359,10 +364,12 @@ def _patch_covariance(x: jax.Array) -> jax.Array:
   Every 3x3 patch lies in the 2x2-block patch (16C values) of its block of the padded
   space-to-depth map, so the Gram of those, over 4x fewer positions, holds the Gram of the
   3x3 patches of all four pixels of a block: it is summed over the four index sets
-  (`_block_taps`). Half the bytes of the 3x3 patches' im2col (one-video test 402 -> 356 ms
-  with `_pixel_minor_patches`, interleaved, this project's 2-core CPU). The input is centred
-  per channel first (padding included) to keep the float32 sums small; covariance does not
-  move.
+  (`_block_taps`). Half the bytes of the 3x3 patches' im2col (one-video test 402 -> 356 ms,
+  interleaved, this project's 2-core CPU). The input is centred per channel first (padding
+  included) to keep the float32 sums small; covariance does not move. Chunks of about one
+  frame (IM2COL_CHUNK_BYTES) keep each dot's sum short: on the reference inputs the error was
+  3e-9 against 1e-8 with 4 MB chunks, which was enough to fail the gradient parity there
+  (conv4's weight gradient at 3.2x its tolerance); as fast (235 against 233 ms).
   """
   b, h, w, c = x.shape
   mean = _staged_mean(x, (0, 1, 2))
@@ -414,7 +421,7 @@ def extract(theta: PyTree, stats: PyTree, x: jax.Array, *, train: bool = True
   """
   n, t = x.shape[:2]
   h = x.reshape((n * t,) + x.shape[2:])
-  # The chunked im2col weight gradient is for XLA:CPU; GPUs have their own (cuDNN's).
+  # The weight gradient as a forward convolution is for XLA:CPU; GPUs have their own (cuDNN's).
   conv3x3 = _conv3x3 if jax.default_backend() == "cpu" else _conv3x3_xla
   new_stats = {}
   for k in range(1, len(EXTRACTOR_CHANNELS)):

@@ -44,6 +44,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from metarppg_jax import compile_options
 from metarppg_jax.errors import ConfigError
 
 PyTree = Any
@@ -249,7 +250,7 @@ def create_sharded_train_state(config, key: jax.Array, mesh: Mesh, *, num_tasks:
   from metarppg_jax import state as state_lib  # pylint: disable=g-import-not-at-top  (models)
   create = functools.partial(state_lib.create_train_state, config, num_tasks=num_tasks)
   shardings = train_state_shardings(jax.eval_shape(create, key), mesh)
-  return jax.jit(create, out_shardings=shardings)(key)
+  return compile_options.jit(create, out_shardings=shardings)(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,8 +268,8 @@ def jit_sharded_step(step_fn: Callable, mesh: Mesh, state: PyTree, batch: PyTree
   """
   state_sh = train_state_shardings(state, mesh)
   batch_sh = batch_shardings(batch, mesh)
-  return jax.jit(step_fn, in_shardings=(state_sh, batch_sh),
-                 out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+  return compile_options.jit(step_fn, in_shardings=(state_sh, batch_sh),
+                              out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
 
 
 def sharded_evaluate(config, mesh: Mesh, *, adapt: bool) -> Callable[[PyTree, np.ndarray], dict]:

@@ -225,7 +225,7 @@ class MetaRPPG:
   """Meta-rPPG on the stream's windows (module docstring): adapt once, predict every window."""
 
   def __init__(self, config, state, *, max_frames: int):
-    import jax  # pylint: disable=g-import-not-at-top
+    from metarppg_jax import compile_options  # pylint: disable=g-import-not-at-top
     from metarppg_jax import inference  # pylint: disable=g-import-not-at-top
     rule = config.meta.lstm_state_rule
     self.fps = float(config.data.fps)
@@ -241,8 +241,9 @@ class MetaRPPG:
     self._copies = int(h.shape[1]) if rule == "given" else 1
     lstm0 = inference.initial_lstm_state(rule, state.lstm_state, self._copies)
     head = config.model.ordinal_head
-    self._adapt = jax.jit(lambda p, bs, proto, sup: inference.adapt(config, p, bs, proto, sup))
-    self._predict = jax.jit(lambda theta, stats, phi, x: inference.predict(
+    self._adapt = compile_options.jit(
+        lambda p, bs, proto, sup: inference.adapt(config, p, bs, proto, sup))
+    self._predict = compile_options.jit(lambda theta, stats, phi, x: inference.predict(
         {"theta": theta, "phi": phi}, {"theta": stats}, x, lstm0, head=head).prob)
     self._prototype = state.prototype
     self._support: list[np.ndarray] = []

@@ -1,10 +1,13 @@
 """The three networks: shapes, the original's init, batch-norm semantics, ordinal heads."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metarppg_jax import compile_options
 from metarppg_jax import models
 
 
@@ -123,6 +126,39 @@ def _plain_first_block(conv, bn, stats, x, train):
   """conv -> batch norm of the full map -> pool: the first block as the other blocks run."""
   y = models._conv3x3_xla(x, conv["kernel"])
   return models.batch_norm(bn, stats, y, (0, 1, 2), train=train, offset=conv["bias"], pool=True)
+
+
+def test_kernel_gradient_is_the_convolutions_own():
+  """The 3x3 convolution's weight gradient as a forward convolution equals XLA's autodiff of
+  the plain convolution, input gradient included (a non-square map, several frames)."""
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(kx, (5, 12, 10, 6))
+  kernel = 0.3 * jax.random.normal(kk, (3, 3, 6, 4))
+  g = jax.random.normal(kg, (5, 12, 10, 4))
+  loss = lambda conv: lambda x, k: jnp.sum(conv(x, k) * g)
+  got = jax.grad(loss(models._conv3x3), argnums=(0, 1))(x, kernel)
+  want = jax.grad(loss(models._conv3x3_xla), argnums=(0, 1))(x, kernel)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
+def _ynn_convolutions(hlo: str) -> int:
+  """How many YNNPACK fusions of a compiled program's text contain a convolution."""
+  called = re.findall(r"%ynn_fusion[\w.]* = [^\n]*calls=%([\w.\-]+)", hlo)
+  bodies = {m.group(1): m.group(2) for m in re.finditer(
+      r"\n%([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S)}
+  return sum(" convolution(" in bodies.get(name, "") for name in called)
+
+
+def test_compile_options_keep_convolutions_out_of_ynnpack():
+  """`compile_options.jit` compiles a convolution outside YNNPACK (to which XLA:CPU hands it,
+  single-threaded, by default)."""
+  conv = lambda x, k: models._conv3x3_xla(x, k)
+  args = (jnp.ones((4, 32, 32, 32)), jnp.ones((3, 3, 32, 48)))  # the extractor's layer 2
+  ours = compile_options.jit(conv).lower(*args).compile().as_text()
+  plain = jax.jit(conv).lower(*args).compile().as_text()
+  assert "convolution(" in ours and _ynn_convolutions(ours) == 0
+  if jax.default_backend() == "cpu":
+    assert _ynn_convolutions(plain) == 1  # the default the options change
 
 
 def test_patch_covariance_is_that_of_the_explicit_patches():

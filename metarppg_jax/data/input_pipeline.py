@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarppg_jax import compile_options
 from metarppg_jax.data import augment
 from metarppg_jax.data import preprocess
 from metarppg_jax.errors import ConfigError
@@ -56,7 +57,7 @@ TRAIN_KEYS = ("x", "targets", "valid", "ppg")              # ... as the step see
 # predict and the stream on the host's): training batches cross to the device as uint8 frames
 # and masks (4 B a pixel instead of 12 B of float32) and are normalised there, so that the
 # host's cores only gather windows. normalize(frames, masks, mode) -> f32[..., T, H, W, 3].
-normalize = jax.jit(preprocess.normalize_clip, static_argnames="mode")
+normalize = compile_options.jit(preprocess.normalize_clip, static_argnames="mode")
 
 
 def gather_windows(record: dict, starts: np.ndarray, *, window: int,

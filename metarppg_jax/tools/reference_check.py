@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metarppg_jax import compile_options
 from metarppg_jax import losses
 from metarppg_jax import models
 from metarppg_jax import original_checkpoint
@@ -90,7 +91,7 @@ def forward_backward(state: original_checkpoint.OriginalState, x: np.ndarray,
     loss, aux = task_loss(z, phi)
     return loss, (z, theta_stats, aux)
 
-  @jax.jit
+  @compile_options.jit
   def run(params):
     if train:
       (_, (z, theta_stats, aux)), (g_theta, g_phi) = jax.value_and_grad(
