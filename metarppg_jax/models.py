@@ -406,10 +406,15 @@ def _first_block(conv: PyTree, bn: PyTree, stats: PyTree, x: jax.Array, *, train
   return _normalise(bn, stats, pooled, mean, var, offset, count=np.prod(x.shape[:3]))
 
 
+def _on_cpu() -> bool:
+  """Whether the default backend is XLA:CPU, for which the CPU forms here are written."""
+  return jax.default_backend() == "cpu"
+
+
 def _fold_first_block(x: jax.Array) -> bool:
   """Whether `extract`'s first block takes `_first_block`: on CPU (where the
   small-channel convolution is the bottleneck), few channels, even sizes."""
-  return (jax.default_backend() == "cpu" and x.shape[-1] <= 4 and x.shape[1] % 2 == 0
+  return (_on_cpu() and x.shape[-1] <= 4 and x.shape[1] % 2 == 0
           and x.shape[2] % 2 == 0)
 
 
@@ -422,7 +427,7 @@ def extract(theta: PyTree, stats: PyTree, x: jax.Array, *, train: bool = True
   n, t = x.shape[:2]
   h = x.reshape((n * t,) + x.shape[2:])
   # The weight gradient as a forward convolution is for XLA:CPU; GPUs have their own (cuDNN's).
-  conv3x3 = _conv3x3 if jax.default_backend() == "cpu" else _conv3x3_xla
+  conv3x3 = _conv3x3 if _on_cpu() else _conv3x3_xla
   new_stats = {}
   for k in range(1, len(EXTRACTOR_CHANNELS)):
     conv = theta[f"conv{k}"]

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metarppg_jax import compile_options
 from metarppg_jax import configuration
 from metarppg_jax import heart_rate
 from metarppg_jax import hparams
@@ -106,10 +107,10 @@ def test_vmapped_evaluation_equals_each_video_alone(batching):
     out = inference.evaluate_videos(config, state, clips, adapt=True, batching=batching)
     assert out["prob"].shape == (2, 1, 60, 40) and out["decision"].dtype == jnp.int32
 
-    adapt = jax.jit(lambda support: inference.adapt(config, state.params, state.batch_stats,
-                                                    state.prototype, support))
+    adapt = compile_options.jit(lambda support: inference.adapt(
+        config, state.params, state.batch_stats, state.prototype, support))
     lstm0 = inference.initial_lstm_state(config.meta.lstm_state_rule, state.lstm_state, 1)
-    predict = jax.jit(lambda theta, theta_stats, query: inference.predict(
+    predict = compile_options.jit(lambda theta, theta_stats, query: inference.predict(
         {"theta": theta, "phi": state.params["phi"]}, {"theta": theta_stats}, query, lstm0,
         head=config.model.ordinal_head))
     plain = inference.evaluate_videos(config, state, clips, adapt=False)
